@@ -1,1 +1,63 @@
-"""placeholder: filled in by its owner."""
+"""``diffmem memorization``: how much of a generated set copies the training set."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from diffmem.cli import main
+from diffmem.cli.options import fresh_output_dir, parse_bytes, parse_fraction, resolve_device, save_npz_atomic, write_json_atomic
+from diffmem.data.io import load_image_set
+from diffmem.metrics.memorization import audit
+
+OUTPUTS = ["neighbors.npz", "neighbors.png", "summary.json"]
+
+
+@main.command("memorization")
+@click.option("--train", "train_path", required=True, help="Training images: PNG folder, .npz, EDM .zip, CIFAR archive, idx.")
+@click.option("--generated", "generated_path", required=True, help="Generated images, same formats.")
+@click.option("--threshold", default="1/3", show_default=True, help="Memorized when d1/d2 < threshold; in (0, 1].")
+@click.option("--out", "out_dir", default=None, help="Folder for neighbors.npz, neighbors.png, summary.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--memory-limit", default="2GiB", show_default=True, help="Working-memory budget of the search.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for the 95 % CI.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
+@click.option("--quantize/--no-quantize", default=True, show_default=True,
+              help="Round float generated images to uint8 first, as a PNG would.")
+def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, memory_limit, device, bootstrap, seed, quantize):
+    """Memorization ratio: the share of generated images whose nearest training image is
+    closer than THRESHOLD times the second nearest (exact L2 in pixel space)."""
+    threshold = parse_fraction(threshold, "--threshold")
+    if not 0.0 < threshold <= 1.0:
+        raise click.BadParameter(f"must be in (0, 1], got {threshold}", param_hint="--threshold")
+    if bootstrap < 0:
+        raise click.BadParameter(f"must be >= 0, got {bootstrap}", param_hint="--bootstrap")
+    limit = parse_bytes(memory_limit, "--memory-limit")
+    device = resolve_device(device)
+    out = fresh_output_dir(out_dir, OUTPUTS) if out_dir else None
+    train = load_image_set(train_path, what="--train")
+    generated = load_image_set(generated_path, what="--generated")
+    result = audit(train, generated, threshold=threshold, memory_limit=limit, device=device,
+                   bootstrap=bootstrap, seed=seed, quantize=quantize, progress=sys.stderr.isatty())
+    summary = {"train": str(train_path), "generated": str(generated_path), **result.summary()}
+    if out:
+        save_npz_atomic(out / "neighbors.npz", d1=result.d1, d2=result.d2, idx1=result.idx1, idx2=result.idx2,
+                        memorized=result.memorized, nn_ratio=result.nn_ratio)
+        from diffmem.plots import save_neighbor_grid
+
+        save_neighbor_grid(out / "neighbors.png", generated.images, train.images, result)
+        write_json_atomic(out / "summary.json", summary)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        lo, hi = result.ci95
+        click.echo(
+            f"memorization ratio {result.ratio:.4f} (95% CI {lo:.4f}-{hi:.4f}): "
+            f"{int(result.memorized.sum())} of {result.n_generated} generated images copy one of "
+            f"{result.n_train} training images (d1/d2 < {threshold:.4g})"
+        )
+        if out:
+            click.echo(f"wrote {out / 'neighbors.npz'}, {out / 'neighbors.png'}, {out / 'summary.json'}")

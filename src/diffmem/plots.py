@@ -1,0 +1,56 @@
+"""Figures: the nearest-neighbour grid of an audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from diffmem.data.imageset import to_uint8  # noqa: E402
+
+
+def _hwc(img: np.ndarray) -> np.ndarray:
+    """CHW (uint8 or model-space float) → HWC / HW uint8 for imshow."""
+    img = img if img.dtype == np.uint8 else to_uint8(img)
+    return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def save_neighbor_grid(path: str | Path, generated: np.ndarray, train: np.ndarray, result, rows: int = 6) -> Path:
+    """Save a PNG: for the most and the least memorized samples, one row each of
+    generated | 1st nearest training image | 2nd nearest, titled with d1/d2.
+
+    ``generated`` and ``train`` are NCHW arrays (uint8 or model space); ``result`` an AuditResult.
+    """
+    ratio = result.nn_ratio
+    order = np.argsort(ratio, kind="stable")
+    rows = min(rows, len(order))
+    picks = [("most memorized", i) for i in order[:rows]] + [("least memorized", i) for i in order[::-1][:rows]]
+    fig, axes = plt.subplots(len(picks), 3, figsize=(3 * 1.6, len(picks) * 1.7), squeeze=False)
+    gray = generated.shape[1] == 1
+    for r, (group, i) in enumerate(picks):
+        cells = [
+            (generated[i], f"gen {i}\nd1/d2={ratio[i]:.3f}" + (" *" if result.memorized[i] else "")),
+            (train[result.idx1[i]], f"1st: train {result.idx1[i]}\nd1={result.d1[i]:.3g}"),
+            (train[result.idx2[i]], f"2nd: train {result.idx2[i]}\nd2={result.d2[i]:.3g}"),
+        ]
+        for c, (img, title) in enumerate(cells):
+            ax = axes[r, c]
+            ax.imshow(_hwc(img), cmap="gray" if gray else None, vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(title, fontsize=6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(group, fontsize=6)
+    fig.suptitle(
+        f"memorization ratio {result.ratio:.3f} (d1/d2 < {result.threshold:.4g}; * = memorized)", fontsize=8
+    )
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
