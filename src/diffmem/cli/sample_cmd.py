@@ -1,1 +1,119 @@
-"""placeholder: filled in by its owner."""
+"""``diffmem sample``: draw images from the closed-form optimum or a trained network."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from diffmem.cli import main
+from diffmem.cli.options import resolve_device
+from diffmem.data.imageset import to_uint8
+from diffmem.data.io import load_image_set, save_npz, write_dataset_zip, write_png_folder
+from diffmem.denoisers.optimal import OptimalDenoiser, parse_regularize_flag
+from diffmem.errors import InputError
+from diffmem.sampling import SAMPLERS, sample
+
+
+def resolve_labels(spec: str | None, num: int, num_classes: int, seed: int) -> np.ndarray | None:
+    """``--labels``: none | random (uniform over the classes, seeded) | K (every sample class K) |
+    k1,k2,... (cycled over the samples)."""
+    if spec is None or spec == "none":
+        return None
+    if num_classes == 0:
+        raise InputError("--labels: the training set / network has no classes; use --labels none")
+    if spec == "random":
+        return np.random.default_rng([seed, 0x1ABE1]).integers(0, num_classes, size=num)
+    try:
+        values = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise InputError(f"--labels: expected none, random, a class index or a comma list, got {spec!r}") from None
+    bad = [v for v in values if not 0 <= v < num_classes]
+    if bad:
+        raise InputError(f"--labels: class {bad[0]} is outside 0..{num_classes - 1}")
+    return np.resize(np.asarray(values, dtype=np.int64), num)
+
+
+def write_images(path: str | Path, images: np.ndarray, labels=None) -> Path:
+    """Write uint8 NCHW images by the path's form: ``.npz``, EDM ``.zip``, else a PNG folder."""
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        return save_npz(path, images, labels)
+    if path.suffix.lower() == ".zip":
+        return write_dataset_zip(path, images, labels)
+    return write_png_folder(path, images, labels)
+
+
+def _check_out(path: str) -> None:
+    p = Path(path)
+    if p.suffix.lower() in (".npz", ".zip"):
+        if p.exists():
+            raise InputError(f"--out {p}: already exists; refusing to overwrite it")
+        parent = p.parent
+    else:
+        if p.exists() and (not p.is_dir() or any(p.iterdir())):
+            raise InputError(f"--out {p}: already exists and is not an empty folder; refusing to overwrite it")
+        parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"--out {p}: {parent} is not a folder")
+
+
+@main.command("sample")
+@click.option("--optimal", is_flag=True, help="Sample the closed-form optimal denoiser of --train.")
+@click.option("--train", "train_path", default=None, help="Training set for --optimal.")
+@click.option("--network", default=None, help="A training run folder, or one snapshot file in it.")
+@click.option("--num", type=int, required=True, help="Number of images.")
+@click.option("--out", "out_path", required=True, help="Output: a PNG folder, an .npz or an EDM .zip.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="heun", show_default=True)
+@click.option("--steps", type=int, default=18, show_default=True)
+@click.option("--sigma-min", type=float, default=0.002, show_default=True)
+@click.option("--sigma-max", type=float, default=80.0, show_default=True)
+@click.option("--rho", type=float, default=7.0, show_default=True)
+@click.option("--s-churn", type=float, default=None, help="Stochasticity of the sde sampler (default 40).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses the stream (seed, i).")
+@click.option("--labels", default=None, help="none | random | K | k1,k2,... (class-conditional sampling).")
+@click.option("--regularize", default=None, help="tikhonov:C or eb:TAU (with --optimal).")
+@click.option("--batch", type=int, default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigma_min, sigma_max, rho, s_churn,
+               seed, labels, regularize, batch, device):
+    """Generate NUM images (uint8) with EDM's samplers from the optimum or a trained network."""
+    if optimal == bool(network):
+        raise InputError("--optimal/--network: give exactly one of --optimal (with --train) or --network")
+    if num <= 0:
+        raise InputError(f"--num: must be > 0, got {num}")
+    if batch <= 0:
+        raise InputError(f"--batch: must be > 0, got {batch}")
+    device = resolve_device(device)
+    _check_out(out_path)
+    if optimal:
+        if not train_path:
+            raise InputError("--train: --optimal needs the training set")
+        train = load_image_set(train_path, what="--train")
+        lab = resolve_labels(labels, num, train.num_classes, seed)
+        D = OptimalDenoiser(train, conditional=lab is not None, regularize=parse_regularize_flag(regularize),
+                            device=device)
+        shape, source = train.shape, {"optimal": str(train_path), "regularize": regularize}
+    else:
+        if regularize:
+            raise InputError("--regularize: only applies to --optimal")
+        from diffmem.training import load_denoiser
+
+        D, info = load_denoiser(network, device=device)
+        lab = resolve_labels(labels or ("random" if info.get("label_dim", 0) else None), num,
+                             info.get("label_dim", 0), seed)
+        shape = tuple(info.get("shape") or (info["channels"], info["resolution"], info["resolution"]))
+        source = {"network": str(network), "epoch": info.get("epoch")}
+    x = sample(D, num, shape, labels=lab, sampler=sampler, steps=steps, sigma_min=sigma_min, sigma_max=sigma_max,
+               rho=rho, s_churn=s_churn, seed=seed, batch_size=batch, device=device,
+               progress=sys.stderr.isatty())
+    images = to_uint8(x.numpy())
+    written = write_images(out_path, images, lab)
+    click.echo(json.dumps({"out": str(written), "num": num, "shape": list(shape), "sampler": sampler,
+                           "steps": steps, "seed": seed, "labels": labels, **source}))
