@@ -54,3 +54,27 @@ def save_neighbor_grid(path: str | Path, generated: np.ndarray, train: np.ndarra
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def save_curve(path: str | Path, x, y, *, xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> Path:
+    """A single line plot (with markers), saved atomically as PNG."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    x = np.asarray(x, dtype=float)
+    if logx and (x <= 0).any():  # symlog keeps a zero strength on the axis
+        ax.set_xscale("symlog", linthresh=float(x[x > 0].min()) if (x > 0).any() else 1.0)
+    elif logx:
+        ax.set_xscale("log")
+    ax.plot(x, y, "o-")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

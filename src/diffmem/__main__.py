@@ -1,0 +1,5 @@
+"""``python -m diffmem`` is the ``diffmem`` command."""
+
+from diffmem.cli import entry
+
+entry()
