@@ -1,0 +1,155 @@
+"""Training-set construction: class-balanced nested subsets, resolution, and label conditioning.
+
+Seed 001 takes subsets of size |D| as the first |D|/K images of each of the first K classes, so
+the subset of size N is, class by class, a prefix of the subset of size 2N. It conditions on
+true labels, on random labels in 0..C-1, or on unique labels (label = index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from PIL import Image
+
+from diffmem.data.imageset import ImageSet
+from diffmem.errors import InputError
+
+__all__ = [
+    "class_balanced_indices",
+    "class_balanced_subset",
+    "select_classes",
+    "take",
+    "resize",
+    "parse_label_mode",
+    "assign_labels",
+]
+
+
+def take(imageset: ImageSet, index: np.ndarray) -> ImageSet:
+    """The images (and labels) of ``imageset`` at ``index``."""
+    labels = None if imageset.labels is None else imageset.labels[index]
+    return replace(imageset, images=imageset.images[index], labels=labels)
+
+
+def _first_classes(labels: np.ndarray | None, classes: int | None, what: str) -> np.ndarray:
+    if labels is None:
+        raise InputError(f"{what}: needs a labeled source, and this one has no labels")
+    present = np.unique(labels)
+    if classes is None:
+        return present
+    if classes < 1:
+        raise InputError(f"--classes: must be >= 1, got {classes}")
+    if classes > len(present):
+        raise InputError(f"--classes: the source has only {len(present)} classes, asked for {classes}")
+    return present[:classes]
+
+
+def class_balanced_indices(labels: np.ndarray | None, size: int, classes: int | None = None, *,
+                           exact: bool = True) -> np.ndarray:
+    """Indices of the first ``size / K`` images of each of the first ``K`` classes, sorted.
+
+    "First classes" are the ``K`` smallest label values (all classes when ``classes`` is None);
+    "first images" are in source order, so subsets nest. ``size`` must be divisible by ``K``
+    unless ``exact=False``: then the first ``size mod K`` classes get one image more, which still
+    nests (class ``r`` gets as many images as there are ``i < size`` with ``i mod K = r``).
+    """
+    if size < 1:
+        raise InputError(f"--size: must be > 0, got {size}")
+    kept = _first_classes(labels, classes, "--size")
+    per_class, extra = divmod(size, len(kept))
+    if extra and exact:
+        raise InputError(f"--size: {size} is not divisible by the number of classes {len(kept)}")
+    chosen = []
+    for rank, c in enumerate(kept):
+        members = np.flatnonzero(labels == c)
+        quota = per_class + (rank < extra)
+        if len(members) < quota:
+            raise InputError(f"--size: class {c} has only {len(members)} images, {quota} needed")
+        chosen.append(members[:quota])
+    return np.sort(np.concatenate(chosen))
+
+
+def class_balanced_subset(imageset: ImageSet, size: int, classes: int | None = None, *,
+                          exact: bool = True) -> ImageSet:
+    """The class-balanced nested subset of ``size`` images (see :func:`class_balanced_indices`)."""
+    return take(imageset, class_balanced_indices(imageset.labels, size, classes, exact=exact))
+
+
+def select_classes(imageset: ImageSet, classes: int) -> ImageSet:
+    """All images of the first ``classes`` classes (the smallest label values), in source order."""
+    kept = _first_classes(imageset.labels, classes, "--classes")
+    return take(imageset, np.flatnonzero(np.isin(imageset.labels, kept)))
+
+
+def resize(imageset: ImageSet, resolution: int) -> ImageSet:
+    """Images resized to ``resolution`` x ``resolution`` (non-square images are center-cropped first).
+
+    Integer downsampling factors average ``f x f`` boxes (area resampling, rounded back to uint8);
+    every other size change, upsampling included, uses PIL's bicubic filter (antialiased when
+    shrinking). Float images stay float and are clipped back into [-1, 1].
+    """
+    if resolution < 1:
+        raise InputError(f"--resolution: must be >= 1, got {resolution}")
+    x = imageset.images
+    h, w = x.shape[2:]
+    if h != w:
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        x = x[:, :, top:top + s, left:left + s]
+    size = x.shape[2]
+    if size == resolution:
+        return replace(imageset, images=np.ascontiguousarray(x))
+    if size % resolution == 0:
+        f = size // resolution
+        n, c = x.shape[:2]
+        boxes = x.reshape(n, c, resolution, f, resolution, f).mean(axis=(3, 5), dtype=np.float64)
+        out = np.rint(boxes).astype(np.uint8) if x.dtype == np.uint8 else boxes.astype(np.float32)
+        return replace(imageset, images=out)
+    return replace(imageset, images=_pil_bicubic(x, resolution))
+
+
+def _pil_bicubic(x: np.ndarray, resolution: int) -> np.ndarray:
+    size, bicubic = (resolution, resolution), Image.Resampling.BICUBIC
+    if x.dtype == np.uint8:  # PIL resamples L and RGB images with rounding and clipping to 0..255
+        if x.shape[1] == 1:
+            out = [np.asarray(Image.fromarray(img[0]).resize(size, bicubic))[None] for img in x]
+        else:
+            out = [np.asarray(Image.fromarray(img.transpose(1, 2, 0)).resize(size, bicubic)).transpose(2, 0, 1)
+                   for img in x]
+        return np.ascontiguousarray(np.stack(out))
+    out = [[np.asarray(Image.fromarray(ch.astype(np.float32), mode="F").resize(size, bicubic)) for ch in img]
+           for img in x]
+    return np.clip(np.array(out, dtype=np.float32), -1.0, 1.0)
+
+
+def parse_label_mode(spec: str) -> tuple[str, int | None]:
+    """``none | true | unique | random:C`` -> ``(mode, C)`` (``C`` only for ``random``)."""
+    mode, _, arg = spec.partition(":")
+    if mode in ("none", "true", "unique") and not arg:
+        return mode, None
+    if mode == "random" and arg.isdigit() and int(arg) >= 1:
+        return mode, int(arg)
+    raise InputError(f"--labels: expected none, true, random:C (C >= 1) or unique, got {spec!r}")
+
+
+def assign_labels(labels: np.ndarray | None, mode: str, seed: int = 0, *, n: int | None = None) -> np.ndarray | None:
+    """Conditioning labels for a training set of ``n`` images (``n`` defaults to ``len(labels)``).
+
+    ``none`` -> None; ``true`` -> ``labels``; ``random:C`` -> i.i.d. uniform in 0..C-1 from
+    ``numpy.random.default_rng(seed)``; ``unique`` -> ``0..n-1`` (every image its own class).
+    """
+    kind, classes = parse_label_mode(mode)
+    if n is None:
+        if labels is None and kind in ("random", "unique"):
+            raise ValueError("assign_labels: pass n when labels is None")
+        n = 0 if labels is None else len(labels)
+    if kind == "none":
+        return None
+    if kind == "true":
+        if labels is None:
+            raise InputError("--labels true: the source has no labels")
+        return np.asarray(labels, dtype=np.int64)
+    if kind == "random":
+        return np.random.default_rng(seed).integers(0, classes, size=n, dtype=np.int64)
+    return np.arange(n, dtype=np.int64)
