@@ -45,14 +45,6 @@ def _as_rows(a) -> np.ndarray | torch.Tensor:
     return a.reshape(len(a), -1)
 
 
-def _to_tensor(a, device, dtype, offset=None) -> torch.Tensor:
-    t = torch.as_tensor(a).to(device=device)
-    t = t.to(dtype)
-    if offset is not None:
-        t = t - offset.to(dtype)
-    return t
-
-
 def _plan_chunks(m: int, n: int, d: int, candidates: int, memory_limit: int) -> tuple[int, int]:
     """Choose (query rows, reference rows) per block so the working set stays under the budget.
 
@@ -74,11 +66,15 @@ def _plan_chunks(m: int, n: int, d: int, candidates: int, memory_limit: int) -> 
             bn = max(1024, bn // 2)
 
 
-def _exact_sq_dists(q: np.ndarray | torch.Tensor, r: torch.Tensor, integer: bool) -> torch.Tensor:
-    """Exact squared distances between each q row (b, d) and its own candidates r (b, K, d)."""
-    if integer:  # uint8 data: differences and their squares are exact in int64
-        diff = r.to(torch.int64) - q.to(torch.int64)[:, None, :]
-        return (diff * diff).sum(-1).to(torch.float64)
+def _exact_sq_dists(q: torch.Tensor, r: torch.Tensor, integer: bool) -> torch.Tensor:
+    """Exact squared distances (float64) between each q row (b, d) and its own candidates r (b, K, d)."""
+    if integer:
+        # uint8: a difference squared is an integer ≤ 255² and a sum of 256 of them < 2^24, so float32
+        # sums blocks of 256 exactly (in any order); float64 adds the block sums exactly.
+        sq = torch.sub(r, q[:, None, :].to(torch.float32))
+        sq.mul_(sq)
+        sq = torch.nn.functional.pad(sq, (0, -sq.shape[-1] % 256))
+        return sq.view(*sq.shape[:2], -1, 256).sum(-1).sum(-1, dtype=torch.float64)
     diff = r.to(torch.float64) - q.to(torch.float64)[:, None, :]
     return (diff * diff).sum(-1)
 
@@ -110,25 +106,23 @@ def knn(
     integer = _is_uint8(q_all) and _is_uint8(r_all)
     K = min(n, max(k + 1, candidates))
 
-    # Centre both sets on the reference mean: distances are unchanged, norms (and so the float32
-    # rounding error, which scales with them) shrink.
-    offset = torch.as_tensor(np.asarray(_row_mean(r_all), dtype=np.float64))
+    # Centre both sets near the reference mean: distances are unchanged, norms (and so the float32
+    # rounding error, which scales with them) shrink. Any offset is correct; a strided sample will do.
+    offset = torch.as_tensor(_row_mean(r_all[:: max(1, n // 8192)]), dtype=torch.float32, device=device)
     bm, bn = _plan_chunks(m, n, d, K, memory_limit)
     resident = bn >= n  # whole reference fits: convert it once
     if resident:
-        r32 = _to_tensor(r_all, device, torch.float32, offset.to(device))
-        r_norm = _row_sq_norms(r_all, offset).to(device)  # float64, exact-ish
-        r_norm32 = r_norm.to(torch.float32)
-        r_norm_max = float(r_norm.max())
+        r32 = _centred(r_all, offset)
+        r_norm = (r32 * r32).sum(1)
     else:
-        r_norm = torch.cat([_row_sq_norms(r_all[j : j + bn], offset) for j in range(0, n, bn)])
-        r_norm_max = float(r_norm.max())
+        r_norm = torch.cat([(c * c).sum(1) for c in (_centred(r_all[j : j + bn], offset) for j in range(0, n, bn))])
+    r_norm_max = float(r_norm.max())
 
-    # Rigorous float32 error bound on s_j = ‖r_j‖² - 2 q·r_j (Higham γ_d for the dot product, plus
-    # rounding of the stored norm and of the fused add): |ŝ - s| ≤ c·(‖q‖² + ‖r‖²) with
-    # |2 q·r| ≤ ‖q‖² + ‖r‖².
+    # Rigorous bound on the float32 rounding error of s_j = ‖r_j‖² - 2 q·r_j and of ‖q‖² (Higham's
+    # γ_d for each length-d sum, plus the roundings of centring and of the fused add):
+    # |error| ≤ c·(‖q‖² + ‖r‖²), using |2 q·r| ≤ ‖q‖² + ‖r‖².
     gamma = (d + 2) * _U32 / (1 - (d + 2) * _U32)
-    c_err = gamma + 4 * _U32
+    c_err = 2 * gamma + 8 * _U32
 
     dist = np.empty((m, k), dtype=np.float64)
     index = np.empty((m, k), dtype=np.int64)
@@ -136,44 +130,48 @@ def knn(
     bar = tqdm(total=m, desc="nearest neighbours", unit="img", disable=not progress, leave=False)
     for i0 in range(0, m, bm):
         q_blk = q_all[i0 : i0 + bm]
-        q32 = _to_tensor(q_blk, device, torch.float32, offset.to(device))
+        q32 = _centred(q_blk, offset)
         b = q32.shape[0]
-        best_s = torch.full((b, K), math.inf, device=device, dtype=torch.float32)
-        best_i = torch.zeros((b, K), device=device, dtype=torch.int64)
+        best_s = best_i = None
         for j0 in range(0, n, bn):
             if resident:
-                r_blk, rn_blk = r32, r_norm32
+                r_blk, rn_blk = r32, r_norm
             else:
-                r_blk = _to_tensor(r_all[j0 : j0 + bn], device, torch.float32, offset.to(device))
-                rn_blk = r_norm[j0 : j0 + bn].to(device=device, dtype=torch.float32)
+                r_blk, rn_blk = _centred(r_all[j0 : j0 + bn], offset), r_norm[j0 : j0 + bn]
             s = torch.addmm(rn_blk.unsqueeze(0), q32, r_blk.T, beta=1.0, alpha=-2.0)
-            kk = min(K, s.shape[1])
-            s_top, i_top = torch.topk(s, kk, dim=1, largest=False, sorted=False)
+            s_top, i_top = torch.topk(s, min(K, s.shape[1]), dim=1, largest=False, sorted=False)
             del s
-            if j0 == 0 and kk == K:
+            if best_s is None:
                 best_s, best_i = s_top, i_top
             else:
                 merged_s = torch.cat([best_s, s_top], dim=1)
                 merged_i = torch.cat([best_i, i_top + j0], dim=1)
                 best_s, pos = torch.topk(merged_s, K, dim=1, largest=False, sorted=False)
                 best_i = torch.gather(merged_i, 1, pos)
-        # Exact re-check of the shortlist.
-        q_norm = _row_sq_norms(q_blk, offset).to(device)
-        exact = _exact_candidates(q_blk, r_all, best_i, integer, device)  # (b, K) float64 sq. dists
-        order = torch.argsort(exact, dim=1, stable=True)
-        exact_sorted = torch.gather(exact, 1, order)
-        idx_sorted = torch.gather(best_i, 1, order)
-        # Certify: every row outside the shortlist has s ≥ max(shortlist ŝ) - E, i.e. a true squared
-        # distance ≥ ‖q‖² + max ŝ - E. It cannot displace the exact k-th best if that bound ≥ it.
-        if K < n:
-            err = c_err * (q_norm + r_norm_max)
-            floor = q_norm + best_s.max(dim=1).values.to(torch.float64) - err
-            ok = floor >= exact_sorted[:, k - 1]
-        else:
-            ok = torch.ones(b, dtype=torch.bool, device=device)
-        d_blk = exact_sorted[:, :k].cpu().numpy()
-        i_blk = idx_sorted[:, :k].cpu().numpy()
-        for row in torch.nonzero(~ok).flatten().tolist():
+        best_s, order = torch.sort(best_s, dim=1)
+        best_i = torch.gather(best_i, 1, order)
+        q_norm = (q32 * q32).sum(1).double()
+        slack = c_err * (q_norm + r_norm_max)
+        # Exact re-check, cheapest first: the k+1 best candidates, then the whole shortlist, then
+        # (rarely) the whole reference set. A level is certified when no row it did not measure
+        # exactly can be nearer than the exact k-th best: every such row has ŝ ≥ the largest ŝ
+        # measured, so a true squared distance ≥ ‖q‖² + that ŝ - slack.
+        d_blk = np.empty((b, k))
+        i_blk = np.empty((b, k), dtype=np.int64)
+        todo = torch.arange(b)
+        for c in sorted({min(K, k + 1), K}):
+            cand = best_i[todo, :c]
+            exact = _exact_candidates(q_blk[todo.numpy()], r_all, cand, integer)
+            ex_sorted, pos = torch.sort(exact, dim=1, stable=True)
+            bound = q_norm[todo] + best_s[todo, c - 1].double() - slack[todo]
+            ok = (bound >= ex_sorted[:, k - 1]) if c < n else torch.ones(len(todo), dtype=torch.bool)
+            rows = todo[ok].numpy()
+            d_blk[rows] = ex_sorted[ok, :k].cpu().numpy()
+            i_blk[rows] = torch.gather(cand, 1, pos)[ok, :k].cpu().numpy()
+            todo = todo[~ok]
+            if len(todo) == 0:
+                break
+        for row in todo.tolist():
             d_blk[row], i_blk[row] = _exact_scan(q_blk[row], r_all, k, integer, device, bn)
             n_fallback += 1
         dist[i0 : i0 + b] = np.sqrt(d_blk)
@@ -183,40 +181,33 @@ def knn(
     return Neighbors(dist=dist, index=index, n_fallback=n_fallback)
 
 
+def _centred(a, offset: torch.Tensor) -> torch.Tensor:
+    """Rows of ``a`` as float32 on ``offset``'s device, minus ``offset`` (one fused pass for uint8)."""
+    t = torch.as_tensor(a).to(offset.device)
+    return torch.sub(t, offset) if t.dtype == torch.uint8 else t.to(torch.float32) - offset
+
+
 def _is_uint8(a) -> bool:
     return (a.dtype == torch.uint8) if isinstance(a, torch.Tensor) else (a.dtype == np.uint8)
 
 
 def _row_mean(a) -> np.ndarray:
-    """Per-column mean in float64, accumulated in blocks (no full float64 copy)."""
-    total = np.zeros(a.shape[1], dtype=np.float64)
-    for j in range(0, len(a), 4096):
-        blk = a[j : j + 4096]
-        blk = blk.cpu().numpy() if isinstance(blk, torch.Tensor) else blk
-        total += blk.sum(axis=0, dtype=np.float64)
-    return total / len(a)
+    """Per-column mean in float64 (of the rows given)."""
+    a = a.cpu().numpy() if isinstance(a, torch.Tensor) else a
+    return a.mean(axis=0, dtype=np.float64)
 
 
-def _row_sq_norms(a, offset: torch.Tensor) -> torch.Tensor:
-    """‖a_i - offset‖² in float64, on the CPU, block by block."""
-    out = []
-    for j in range(0, len(a), 4096):
-        blk = torch.as_tensor(a[j : j + 4096]).cpu().to(torch.float64) - offset
-        out.append((blk * blk).sum(1))
-    return torch.cat(out)
-
-
-def _exact_candidates(q_blk, r_all, cand: torch.Tensor, integer: bool, device) -> torch.Tensor:
-    """Exact squared distances from each query row to its candidate reference rows."""
+def _exact_candidates(q_blk, r_all, cand: torch.Tensor, integer: bool) -> torch.Tensor:
+    """Exact squared distances (float64, on the CPU) from each query row to its candidate rows."""
     b, K = cand.shape
-    out = torch.empty((b, K), dtype=torch.float64, device=device)
-    step = max(1, (64 * 2**20) // max(1, K * q_blk.shape[1] * 8))
+    out = torch.empty((b, K), dtype=torch.float64)
+    step = max(1, (32 * 2**20) // max(1, K * q_blk.shape[1] * 8))
     cand_cpu = cand.cpu()
     for s in range(0, b, step):
         idx = cand_cpu[s : s + step]
-        rows = r_all[idx.flatten().numpy()] if isinstance(r_all, np.ndarray) else r_all[idx.flatten()]
-        r = torch.as_tensor(rows).to(device).reshape(idx.shape[0], K, -1)
-        q = torch.as_tensor(q_blk[s : s + step]).to(device)
+        rows = r_all[idx.flatten().numpy()] if isinstance(r_all, np.ndarray) else r_all[idx.flatten()].cpu()
+        r = torch.as_tensor(rows).reshape(idx.shape[0], K, -1)
+        q = torch.as_tensor(q_blk[s : s + step]).cpu()
         out[s : s + step] = _exact_sq_dists(q, r, integer)
     return out
 
