@@ -73,7 +73,8 @@ def _exact_sq_dists(q: torch.Tensor, r: torch.Tensor, integer: bool) -> torch.Te
         # sums blocks of 256 exactly (in any order); float64 adds the block sums exactly.
         sq = torch.sub(r, q[:, None, :].to(torch.float32))
         sq.mul_(sq)
-        sq = torch.nn.functional.pad(sq, (0, -sq.shape[-1] % 256))
+        if sq.shape[-1] % 256:
+            sq = torch.nn.functional.pad(sq, (0, -sq.shape[-1] % 256))
         return sq.view(*sq.shape[:2], -1, 256).sum(-1).sum(-1, dtype=torch.float64)
     diff = r.to(torch.float64) - q.to(torch.float64)[:, None, :]
     return (diff * diff).sum(-1)
