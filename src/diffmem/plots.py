@@ -48,12 +48,7 @@ def save_neighbor_grid(path: str | Path, generated: np.ndarray, train: np.ndarra
         f"memorization ratio {result.ratio:.3f} (d1/d2 < {result.threshold:.4g}; * = memorized)", fontsize=8
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def save_curve(path: str | Path, x, y, *, xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> Path:
@@ -72,9 +67,14 @@ def save_curve(path: str | Path, x, y, *, xlabel: str, ylabel: str, title: str =
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG atomically (temporary file, then rename) and close it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
     return path
