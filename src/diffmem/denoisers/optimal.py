@@ -71,6 +71,7 @@ class OptimalDenoiser:
         self.kind, self.strength = _parse_regularizer(regularize)
         self.chunk = chunk
         self.device, self.dtype = torch.device(device), dtype
+        self.cutoff = math.log(torch.finfo(dtype).tiny) + 20.0  # see _denoise
 
     @property
     def num_classes(self) -> int:
@@ -110,7 +111,9 @@ class OptimalDenoiser:
             logits = -sq_dist / two_var
             new_max = torch.maximum(run_max, logits.max(1, keepdim=True).values)
             rescale = torch.exp(run_max - new_max)
-            weights = torch.exp(logits - new_max)
+            # exp(ℓ - max); weights below e^cutoff are set to exactly 0 rather than left as
+            # subnormals, which change nothing (< 1e-25 relative) but slow a GEMM down severalfold.
+            weights = torch.nn.functional.threshold_(logits.sub_(new_max), self.cutoff, -math.inf).exp_()
             run_sum = run_sum * rescale + weights.sum(1, keepdim=True)
             acc = torch.addmm(acc * rescale, weights, yc)
             run_max = new_max
