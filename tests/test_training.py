@@ -65,6 +65,11 @@ def test_dry_run_prints_resolved_config(digits16, digits20_labeled, tmp_path, ca
     assert c["label_dim"] == 10 and c["total_steps"] == 5
     cond = build_network("ddpmpp", img_resolution=8, in_channels=1, label_dim=10, preset="tiny", channels=8)
     assert c["parameters"] == count_parameters(cond) > count_parameters(net)
+    # an EMA half-life in epochs scales with |D|; one in images does not
+    c = _dry(capsys, "--data", str(digits16), "--out", str(out), *TINY, "--steps", "5", "--ema", "0.5ep")
+    assert c["ema_halflife_images"] == 8
+    c = _dry(capsys, "--data", str(digits16), "--out", str(out), *TINY, "--steps", "5", "--ema", "1000")
+    assert c["ema_halflife_images"] == 1000
     # an MLP preset picks its architecture
     c = _dry(capsys, "--data", str(digits16), "--out", str(out), "--preset", "mlp-toy", "--steps", "5")
     assert c["arch"] == "mlp"
@@ -83,6 +88,8 @@ BAD = [
     (["--weight-decay", "-1"], "--weight-decay"),
     (["--ema", "1000", "--ema-rate", "0.9"], "--ema/--ema-rate"),
     (["--ema-rate", "1"], "--ema-rate"),
+    (["--ema", "-5"], "--ema"),
+    (["--ema", "soon"], "--ema"),
     (["--snapshots", "9999"], "--snapshots"),
     (["--snapshots", "log:x"], "--snapshots"),
     (["--lr-warmup", "soon"], "--lr-warmup"),

@@ -137,7 +137,7 @@ def parse_int_list(text, flag: str) -> list[int] | None:
 
 
 def parse_duration_images(text: str, num_images: int, flag: str) -> int:
-    """``N`` or ``Nimg`` (training images) or ``Nep`` (epochs of the data set) → images."""
+    """``N`` or ``Nimg`` (training images) or ``Nep`` (epochs of the data set, i.e. scaled by |D|) → images."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(img|ep|epochs?)?\s*", str(text))
     if not m:
         raise InputError(f"{flag}: expected a number of images (e.g. 10000) or epochs (e.g. 20ep), got {text!r}")
@@ -223,7 +223,7 @@ def resolve_config(flags: dict, *, explicit=(), resume: bool = False, world_size
         raise InputError(f"--arch: expected one of {', '.join(ARCHS)}, got {c['arch']!r}")
     for key in ("batch", "lr", "epochs", "steps", "lr_scaling", "track_samples", "checkpoint_every", "log_every"):
         _positive(key, c[key])
-    for key in ("weight_decay", "track_every", "ema", "ema_rampup"):
+    for key in ("weight_decay", "track_every", "ema_rampup"):
         _positive(key, c[key], allow_zero=True)
     if (c["epochs"] is None) == (c["steps"] is None):
         raise InputError("--epochs/--steps: give exactly one of them" if c["epochs"] is not None
@@ -264,7 +264,8 @@ def resolve_config(flags: dict, *, explicit=(), resume: bool = False, world_size
     if c["ema_rate"] is not None:
         c["ema_halflife_images"] = halflife_from_rate(c["ema_rate"], c["batch"])
     else:
-        c["ema_halflife_images"] = float(DEFAULT_EMA_HALFLIFE if c["ema"] is None else c["ema"])
+        c["ema_halflife_images"] = float(DEFAULT_EMA_HALFLIFE if c["ema"] is None
+                                         else parse_duration_images(c["ema"], n, "--ema"))
     c["snapshot_epochs"] = parse_snapshots(c["snapshots"], max(int(c["total_epochs"]), 1))
     c["world_size"] = world_size
     return c

@@ -36,7 +36,8 @@ from diffmem.cli import main
 @click.option("--lr-warmup", type=str, default=None, help="Linear lr warm-up: images (10000) or epochs (20ep) [0].")
 @click.option("--lr-scaling", type=int, default=None, metavar="REF_BATCH",
               help="Linear scaling rule: lr_used = lr * batch / REF_BATCH.")
-@click.option("--ema", type=float, default=None, metavar="HALFLIFE_IMAGES", help="EMA half-life in images [500000].")
+@click.option("--ema", type=str, default=None, metavar="HALFLIFE",
+              help="EMA half-life in images (500000) or in epochs, i.e. scaled by |D| (0.5ep) [500000].")
 @click.option("--ema-rate", type=float, default=None, help="EMA decay per step instead of --ema (0 = no averaging).")
 @click.option("--ema-rampup", type=float, default=None, help="EMA warm-up: half-life <= ratio * images seen [0.05]; 0 = off.")
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
