@@ -1,7 +1,6 @@
 """End to end as a user runs it: data → sample --optimal → memorization; and the demo."""
 
 import json
-import os
 import subprocess
 import sys
 

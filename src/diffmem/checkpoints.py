@@ -1,23 +1,21 @@
 """Run-folder files: EMA snapshots (safetensors), the training state (``state.pt``), and loading a
 trained denoiser back.
 
-Every write goes to a temporary file in the destination folder and is moved into place with
-``os.replace``, so a process killed at any moment leaves either the old file or the new one.
+Every write is atomic (:mod:`diffmem.atomic`): a process killed at any moment leaves either the
+old file or the new one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from diffmem.atomic import atomic_path
 from diffmem.errors import InputError
 
 SNAPSHOT_FORMAT = "diffmem-snapshot/1"
@@ -28,37 +26,6 @@ _SNAPSHOT_RE = re.compile(r"^snapshot-epoch(\d+)\.safetensors$")
 
 def snapshot_name(epoch: int) -> str:
     return f"snapshot-epoch{epoch:06d}.safetensors"
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
-
-
-def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files a killed process left behind."""
-    for tmp in Path(folder).glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def save_snapshot(path: Path, net: torch.nn.Module, *, config: dict, step: int, epoch: int) -> None:

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from diffmem.atomic import atomic_path  # noqa: E402
 from diffmem.data.imageset import to_uint8  # noqa: E402
 
 
@@ -72,9 +73,7 @@ def save_curve(path: str | Path, x, y, *, xlabel: str, ylabel: str, title: str =
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     """Save ``fig`` as PNG atomically (temporary file, then rename) and close it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffmem.checkpoints import (CONFIG_FILE, STATE_FILE, list_snapshots, load_state, remove_stale_temporaries,
-                                 save_snapshot, save_state, snapshot_name, write_json)
+from diffmem.atomic import remove_stale_temporaries, write_json, write_text
+from diffmem.checkpoints import CONFIG_FILE, STATE_FILE, list_snapshots, load_state, save_snapshot, save_state, snapshot_name
 from diffmem.denoisers.networks import ARCHS, PRESETS, build_network, count_parameters
 from diffmem.denoisers.precond import PRECONDS
 from diffmem.errors import InputError
@@ -310,8 +310,6 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop the lines a killed run wrote after its last saved state."""
     if path.exists():
         keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-        from diffmem.checkpoints import write_text
-
         write_text(path, "".join(line + "\n" for line in keep))
 
 

@@ -8,7 +8,8 @@ import sys
 import click
 
 from diffmem.cli import main
-from diffmem.cli.options import fresh_output_dir, parse_bytes, parse_fraction, resolve_device, save_npz_atomic, write_json_atomic
+from diffmem.atomic import write_json
+from diffmem.cli.options import fresh_output_dir, parse_bytes, parse_fraction, resolve_device, save_npz_atomic
 from diffmem.data.io import load_image_set
 from diffmem.metrics.memorization import audit
 
@@ -49,7 +50,7 @@ def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, me
         from diffmem.plots import save_neighbor_grid
 
         save_neighbor_grid(out / "neighbors.png", generated.images, train.images, result)
-        write_json_atomic(out / "summary.json", summary)
+        write_json(out / "summary.json", summary)
     if as_json:
         click.echo(json.dumps(summary))
     else:

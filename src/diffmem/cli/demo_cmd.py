@@ -17,7 +17,8 @@ import click
 import numpy as np
 
 from diffmem.cli import main
-from diffmem.cli.options import fresh_output_dir, write_json_atomic
+from diffmem.atomic import write_json
+from diffmem.cli.options import fresh_output_dir
 from diffmem.data.imageset import to_uint8
 from diffmem.data.sources import load_source
 from diffmem.data.subsets import class_balanced_indices, take
@@ -83,6 +84,6 @@ def demo_cmd(out_dir, num, sizes, seed):
         click.echo(f"{size:>6} {f'tikhonov c={c:g}':>22} {result.ratio:>13.3f}   [{result.ci95[0]:.3f}, {result.ci95[1]:.3f}]")
     save_curve(out / OUTPUTS[2], strengths, ratios, xlabel="Tikhonov strength c", ylabel="memorization ratio",
                title=f"Regularized optimum, digits |D|={size}", logx=True)
-    write_json_atomic(out / OUTPUTS[0], {"source": "digits", "num": num, "seed": seed, "results": rows,
+    write_json(out / OUTPUTS[0], {"source": "digits", "num": num, "seed": seed, "results": rows,
                                          "seconds": round(time.time() - t0, 1)})
     click.echo(f"done in {time.time() - t0:.1f}s: {out / OUTPUTS[0]}, {out / OUTPUTS[1]}, {out / OUTPUTS[2]}")

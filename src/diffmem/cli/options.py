@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from fractions import Fraction
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffmem.atomic import atomic_path
 from diffmem.errors import InputError
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
@@ -65,16 +65,9 @@ def fresh_output_dir(path: str | Path, names: list[str], flag: str = "--out") ->
     return path
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def parse_int_list(text: str, flag: str, *, minimum: int = 1) -> list[int]:

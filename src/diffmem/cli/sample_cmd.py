@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
 from diffmem.cli import main
 from diffmem.cli.options import resolve_device

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from diffmem.atomic import atomic_path
 from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.errors import InputError
 
@@ -444,7 +445,8 @@ def _png_bytes(chw: np.ndarray) -> bytes:
 
 @contextlib.contextmanager
 def _atomic_file(path: Path, overwrite: bool):
-    """Yield a temporary file in ``path``'s folder; on success it replaces ``path`` atomically."""
+    """Yield a binary file that atomically becomes ``path`` (:func:`diffmem.atomic.atomic_path`),
+    refusing an existing ``path`` unless ``overwrite``; write errors become InputErrors naming it."""
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; refusing to overwrite it")
     blocker = next((p for p in path.parents if p.exists()), None)
@@ -452,19 +454,10 @@ def _atomic_file(path: Path, overwrite: bool):
         raise InputError(f"{path}: cannot write, {blocker} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            yield f
     except OSError as err:
         raise InputError(f"{path}: cannot write ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise InputError(f"{path}: cannot write ({err.strerror or err})") from None
-        raise
 
 
 def write_dataset_zip(path: str | Path, images, labels=None, *, overwrite: bool = False) -> Path:

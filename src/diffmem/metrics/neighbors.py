@@ -16,7 +16,6 @@ scan of the whole reference set. Results are therefore exact whatever the roundi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
