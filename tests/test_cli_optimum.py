@@ -80,6 +80,17 @@ def test_sample_bad_flags(tmp_path, capsys, args, flag):
     assert not (tmp_path / "o").exists()
 
 
+def test_sample_unwritable_out(tmp_path, capsys):
+    run(["data", "--source", "digits", "--size", "20", "--out", str(tmp_path / "d.zip")])
+    (tmp_path / "afile").write_text("mine")
+    capsys.readouterr()
+    for out in ["afile/sub", "afile/sub.npz", "afile"]:
+        code = run(["sample", "--optimal", "--train", str(tmp_path / "d.zip"), "--num", "3", "--out", str(tmp_path / out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "--out" in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_sample_needs_a_source(tmp_path, capsys):
     assert run(["sample", "--num", "3", "--out", str(tmp_path / "o")]) == 2
     assert "--optimal" in capsys.readouterr().err

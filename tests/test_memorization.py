@@ -139,6 +139,14 @@ def test_bad_generated_inputs_exit_2(sets, capsys, case):
     _one_error_line(capsys, "--generated", case)
 
 
+def test_bad_input_leaves_no_output_folder(sets, capsys):
+    _, _, tmp = sets
+    assert run(["memorization", "--train", str(tmp / "train.zip"), "--generated", str(tmp / "nope.npz"),
+                "--out", str(tmp / "audit")]) == 2
+    _one_error_line(capsys, "--generated", "nope.npz")
+    assert not (tmp / "audit").exists()
+
+
 def test_shape_mismatch_threshold_and_out_errors(sets, capsys):
     _, _, tmp = sets
     np.savez(tmp / "rgb.npz", images=np.zeros((4, 3, 8, 8), np.uint8))

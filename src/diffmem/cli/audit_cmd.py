@@ -38,9 +38,9 @@ def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, me
         raise click.BadParameter(f"must be >= 0, got {bootstrap}", param_hint="--bootstrap")
     limit = parse_bytes(memory_limit, "--memory-limit")
     device = resolve_device(device)
-    out = fresh_output_dir(out_dir, OUTPUTS) if out_dir else None
     train = load_image_set(train_path, what="--train")
     generated = load_image_set(generated_path, what="--generated")
+    out = fresh_output_dir(out_dir, OUTPUTS) if out_dir else None  # before the long part, after the inputs
     result = audit(train, generated, threshold=threshold, memory_limit=limit, device=device,
                    bootstrap=bootstrap, seed=seed, quantize=quantize, progress=sys.stderr.isatty())
     summary = {"train": str(train_path), "generated": str(generated_path), **result.summary()}
