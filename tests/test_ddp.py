@@ -1,5 +1,5 @@
 """Data parallelism: `torchrun` with 2 CPU processes (gloo) reproduces single-process training at the
-same global batch and seed, up to the floating-point order of the gradient all-reduce."""
+same global batch and seed (dropout included), up to the floating-point order of the gradient all-reduce."""
 
 import json
 import os
@@ -23,7 +23,7 @@ def test_two_processes_match_one(tmp_path):
     script.write_text("import sys\nfrom diffmem.cli import run\nsys.exit(run(sys.argv[1:]))\n")
     args = ["train", "--data", str(data), "--preset", "tiny", "--channels", "8", "--precond", "vp", "--steps", "20",
             "--batch", "8", "--lr", "1e-3", "--ema-rate", "0.9", "--log-every", "5", "--checkpoint-every", "10",
-            "--seed", "3"]
+            "--dropout", "0.2", "--seed", "3"]
     one = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / "one")], env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr

@@ -3,7 +3,8 @@ multi-process data parallelism and memorization tracking.
 
 Every step is a pure function of (state, step, seed): the global batch is a slice of per-epoch
 permutations seeded by (seed, epoch), the noise levels and noise of the whole global batch come from
-a generator seeded by (seed, step), and dropout from one seeded by (seed, step, rank). Hence
+a generator seeded by (seed, step), and dropout masks are drawn for the whole global batch from one
+seeded by (seed, step) (:mod:`diffmem.denoisers.dropout`). Hence
 
 - ``--resume`` after a crash (``kill -9`` included) reproduces an uninterrupted run bit for bit;
 - with ``torchrun`` each of W processes takes its slice of the same global batch and noise, so W
@@ -36,6 +37,7 @@ import torch
 
 from diffmem.atomic import remove_stale_temporaries, write_json, write_text
 from diffmem.checkpoints import CONFIG_FILE, STATE_FILE, list_snapshots, load_state, save_snapshot, save_state, snapshot_name
+from diffmem.denoisers.dropout import global_batch_dropout
 from diffmem.denoisers.networks import ARCHS, PRESETS, build_network, count_parameters
 from diffmem.denoisers.precond import PRECONDS
 from diffmem.errors import InputError
@@ -437,10 +439,11 @@ def train(config: dict, *, resume: bool = False, progress: bool = False, log=pri
         idx = idx[mine].to(device)
         y = images[idx]
         y_labels = labels[idx] if labels is not None else None
-        torch.manual_seed(derive_seed(seed, _DROPOUT, step, rank))
+        torch.manual_seed(derive_seed(seed, _DROPOUT, step, rank))  # any other randomness in the net
 
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
+        # Dropout masks of the whole global batch, this rank's rows: W processes = one process.
+        with autocast, global_batch_dropout(derive_seed(seed, _DROPOUT, step), B, rank * b):
             loss = loss_fn.weighted(forward, y, y_labels, sigma[mine], noise[mine])
         loss_sum = loss.sum()
         (loss_sum / b).backward()  # DDP averages over ranks: the mean over the global batch

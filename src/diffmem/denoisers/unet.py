@@ -23,7 +23,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+
 from torch.nn.functional import silu
+
+from diffmem.denoisers.dropout import dropout
 
 # ---------------------------------------------------------------------------------------------
 # Initialisation and primitive layers.
@@ -222,7 +225,7 @@ class UNetBlock(torch.nn.Module):
         h = self.conv0(silu(self.norm0(x)))
         h = silu(self.norm1(h.add_(_as(self.affine(emb), h.dtype).view(-1, self.out_channels, 1, 1))))
         if self.dropout and self.training:
-            h = F.dropout(h, p=self.dropout, training=True)
+            h = dropout(h, p=self.dropout, training=True)  # global-batch masks under DDP (see dropout.py)
         h = self.conv1(h)
         h = h.add_(x if self.skip is None else self.skip(x)).mul_(self.skip_scale)
 
