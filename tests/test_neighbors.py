@@ -78,3 +78,20 @@ def test_knn_accepts_tensors_and_any_row_shape():
     qry = rng.standard_normal((7, 3, 4, 4)).astype(np.float32)
     nb = knn(torch.from_numpy(qry), torch.from_numpy(ref), k=2)
     np.testing.assert_allclose(nb.dist, brute_force(qry, ref)[0], atol=1e-12)
+
+
+def test_float32_cannot_rank_these_but_the_answer_is_still_exact():
+    """Two far clusters (so centred norms are large) and, in one, neighbours that differ far below
+    float32's resolution at that norm: the float32 ranking is noise, the certification notices and
+    the exact re-checks give the float64 answer."""
+    rng = np.random.default_rng(4)
+    d = 512
+    far = np.concatenate([np.full((200, d), -0.9), np.full((40, d), 0.9)])
+    ref = far + rng.normal(0, 1e-3, far.shape)
+    ref[200:] = 0.9 + rng.normal(0, 1e-6, (40, d))  # the close cluster: spacing ~1e-6 per pixel
+    qry = 0.9 + rng.normal(0, 1e-6, (12, d))
+    nb = knn(qry, ref, k=2, candidates=4)
+    d_ref, i_ref = brute_force(qry, ref)
+    np.testing.assert_allclose(nb.dist, d_ref, rtol=1e-9)
+    np.testing.assert_array_equal(nb.index, i_ref)
+    assert nb.n_fallback > 0  # the shortlist could not be certified: rows were re-scanned exactly

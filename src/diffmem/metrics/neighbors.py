@@ -16,6 +16,7 @@ scan of the whole reference set. Results are therefore exact whatever the roundi
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +96,21 @@ def knn(
     size; uint8 sets are measured exactly in integers, anything else in float64. Memory stays within
     ``memory_limit`` bytes beyond the inputs themselves (uint8 inputs are converted block by block).
     """
+    with _full_float32_matmul():  # the error bound assumes true float32 products (no TF32)
+        return _knn(query, reference, k, candidates, memory_limit, device, progress)
+
+
+@contextlib.contextmanager
+def _full_float32_matmul():
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
+def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Neighbors:
     q_all, r_all = _as_rows(query), _as_rows(reference)
     m, d = q_all.shape
     n = r_all.shape[0]
