@@ -60,14 +60,21 @@ class OptimalDenoiser:
             train = train.astype(np.float32) / 127.5 - 1.0
         y = torch.as_tensor(train).to(device=device, dtype=dtype)
         self.shape = tuple(y.shape[1:])
-        self.y = y.reshape(len(y), -1)  # (n, d)
-        self.y_sq = (self.y * self.y).sum(1)  # ‖y_i‖²
+        y = y.reshape(len(y), -1)  # (n, d)
         self.conditional = conditional
+        self.class_slice: dict[int, slice] = {}
         if conditional:
             if labels is None:
                 raise InputError("--train: the class-conditional optimum needs a labelled training set")
-            self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
-            self.class_index = {int(c): torch.nonzero(self.labels == c).flatten() for c in torch.unique(self.labels)}
+            labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
+            # Store the images grouped by class, so each class is a contiguous slice (a view).
+            order = torch.argsort(labels, stable=True)
+            y, labels = y[order.to(y.device)], labels[order]
+            classes, counts = torch.unique_consecutive(labels, return_counts=True)
+            ends = torch.cumsum(counts, 0).tolist()
+            self.class_slice = {int(c): slice(e - k, e) for c, k, e in zip(classes.tolist(), counts.tolist(), ends)}
+        self.y = y
+        self.y_sq = (y * y).sum(1)  # ‖y_i‖²
         self.kind, self.strength = _parse_regularizer(regularize)
         self.chunk = chunk
         self.device, self.dtype = torch.device(device), dtype
@@ -75,7 +82,7 @@ class OptimalDenoiser:
 
     @property
     def num_classes(self) -> int:
-        return 1 + max(self.class_index) if self.conditional else 0
+        return 1 + max(self.class_slice) if self.conditional else 0
 
     def __call__(self, x: torch.Tensor, sigma, labels=None) -> torch.Tensor:
         in_dtype = x.dtype
@@ -91,9 +98,9 @@ class OptimalDenoiser:
             labels = torch.as_tensor(labels, device=self.device).reshape(-1)
             out = torch.empty_like(flat)
             for c in torch.unique(labels).tolist():
-                if c not in self.class_index:
+                if c not in self.class_slice:
                     raise InputError(f"--labels: class {c} has no training images")
-                rows, members = labels == c, self.class_index[c]
+                rows, members = labels == c, self.class_slice[c]
                 out[rows] = self._denoise(flat[rows], sigma[rows], self.y[members], self.y_sq[members])
         return out.reshape(x.shape).to(in_dtype)
 
