@@ -54,13 +54,22 @@ def save_neighbor_grid(path: str | Path, generated: np.ndarray, train: np.ndarra
 
 def save_curve(path: str | Path, x, y, *, xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> Path:
     """A single line plot (with markers), saved atomically as PNG."""
-    fig, ax = plt.subplots(figsize=(4.2, 3.0))
-    x = np.asarray(x, dtype=float)
-    if logx and (x <= 0).any():  # symlog keeps a zero strength on the axis
-        ax.set_xscale("symlog", linthresh=float(x[x > 0].min()) if (x > 0).any() else 1.0)
+    return save_curves(path, {"": (x, y)}, xlabel=xlabel, ylabel=ylabel, title=title, logx=logx)
+
+
+def save_curves(path: str | Path, series: dict, *, xlabel: str, ylabel: str, title: str = "",
+                logx: bool = False) -> Path:
+    """Several lines ``{label: (x, y)}`` on one axis (ratios: y in [0, 1]), saved atomically as PNG."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in series.values()])
+    if logx and (xs <= 0).any():  # symlog keeps a zero on the axis
+        ax.set_xscale("symlog", linthresh=float(xs[xs > 0].min()) if (xs > 0).any() else 1.0)
     elif logx:
         ax.set_xscale("log")
-    ax.plot(x, y, "o-")
+    for label, (x, y) in series.items():
+        ax.plot(np.asarray(x, dtype=float), y, "o-", ms=3.5, label=label or None)
+    if any(series):
+        ax.legend(fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.03, 1.03)

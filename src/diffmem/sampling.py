@@ -54,22 +54,19 @@ def sample_batch(
     denoiser,
     latents_gens: list[torch.Generator],
     shape: tuple,
+    t_steps: torch.Tensor,
     *,
     labels=None,
-    sampler: str = "heun",
-    steps: int = 18,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
+    heun: bool = True,
     s_churn: float = 0.0,
     s_min: float = 0.0,
     s_max: float = math.inf,
     s_noise: float = 1.0,
-    device="cpu",
-    dtype=torch.float64,
 ) -> torch.Tensor:
-    """Integrate one batch from pure noise to images (model space, not clipped)."""
-    t_steps = time_steps(steps, sigma_min, sigma_max, rho, dtype).to(device)
+    """Integrate one batch from pure noise at ``t_steps[0]`` along ``t_steps`` (ending at 0) to
+    images (model space, not clipped), in ``t_steps``' dtype and on its device."""
+    dtype, device = t_steps.dtype, t_steps.device
+    steps = len(t_steps) - 1
     x_next = _randn(latents_gens, shape, dtype, device) * t_steps[0]
     b = len(latents_gens)
 
@@ -88,7 +85,7 @@ def sample_batch(
         d_cur = (x_hat - D(x_hat, t_hat)) / t_hat
         x_next = x_hat + (t_next - t_hat) * d_cur
         # Second-order (Heun) correction, on every step but the last.
-        if sampler != "euler" and i < steps - 1:
+        if heun and i < steps - 1:
             d_prime = (x_next - D(x_next, t_next)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next
@@ -133,16 +130,14 @@ def sample(
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
         if len(labels) != num:
             raise InputError(f"--labels: got {len(labels)} labels for {num} samples")
+    t_steps = time_steps(steps, sigma_min, sigma_max, rho, dtype).to(device)
     out = torch.empty((num, *shape), dtype=torch.float32)
     with torch.no_grad(), tqdm(total=num, desc="sampling", unit="img", disable=not progress, leave=False) as bar:
         for i0 in range(0, num, batch_size):
             idx = range(i0, min(num, i0 + batch_size))
             lab = None if labels is None else labels[i0 : i0 + len(idx)].to(device)
-            x = sample_batch(
-                denoiser, sample_generators(seed, idx), tuple(shape), labels=lab, sampler=sampler,
-                steps=steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=device, dtype=dtype,
-                **churn,
-            )
+            x = sample_batch(denoiser, sample_generators(seed, idx), tuple(shape), t_steps, labels=lab,
+                             heun=sampler != "euler", **churn)
             out[i0 : i0 + len(idx)] = x.float().cpu()
             bar.update(len(idx))
     return out
