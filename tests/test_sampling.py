@@ -101,3 +101,18 @@ def test_bad_arguments():
         sample(D, 1, (1,), steps=0)
     with pytest.raises(InputError, match="--labels"):
         sample(D, 3, (1,), labels=[0, 1])
+
+
+def test_noise_range_of_the_denoiser_is_respected():
+    """A VP-trained net knows σ only in [σ(ε_t), σ(1)]: the sampler clamps its schedule (as EDM)."""
+    seen = []
+
+    class Limited(GaussianDenoiser):
+        sigma_min, sigma_max = 0.01, 20.0
+
+        def __call__(self, x, sigma, labels=None):
+            seen.append(float(sigma[0]))
+            return super().__call__(x, sigma, labels)
+
+    sample(Limited(0.5), 2, (3,), steps=6)
+    assert max(seen) == pytest.approx(20.0) and min(seen) == pytest.approx(0.01)

@@ -123,6 +123,9 @@ def sample(
         raise InputError(f"--steps: must be >= 1, got {steps}")
     if not 0 < sigma_min < sigma_max:
         raise InputError(f"--sigma-min/--sigma-max: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    # A denoiser trained on a limited noise range (VP: σ(ε_t) .. σ(1)) is sampled within it, as EDM does.
+    sigma_min = max(sigma_min, float(getattr(denoiser, "sigma_min", 0.0)))
+    sigma_max = min(sigma_max, float(getattr(denoiser, "sigma_max", math.inf)))
     churn = dict(SDE_DEFAULTS) if sampler == "sde" else {"s_churn": 0.0}
     if s_churn is not None:
         churn["s_churn"] = float(s_churn)
