@@ -95,3 +95,15 @@ def test_float32_cannot_rank_these_but_the_answer_is_still_exact():
     np.testing.assert_allclose(nb.dist, d_ref, rtol=1e-9)
     np.testing.assert_array_equal(nb.index, i_ref)
     assert nb.n_fallback > 0  # the shortlist could not be certified: rows were re-scanned exactly
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+def test_inputs_are_left_untouched(dtype):
+    rng = np.random.default_rng(5)
+    ref = (rng.uniform(0, 1, (300, 20)) * (255 if dtype == np.uint8 else 1)).astype(dtype)
+    qry = ref[:10].copy()
+    ref_before, qry_before = ref.copy(), qry.copy()
+    knn(qry, ref, k=2)
+    knn(torch.from_numpy(qry), torch.from_numpy(ref), k=2)
+    np.testing.assert_array_equal(ref, ref_before)
+    np.testing.assert_array_equal(qry, qry_before)

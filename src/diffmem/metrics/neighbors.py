@@ -71,7 +71,7 @@ def _exact_sq_dists(q: torch.Tensor, r: torch.Tensor, integer: bool) -> torch.Te
     if integer:
         # uint8: a difference squared is an integer ≤ 255² and a sum of 256 of them < 2^24, so float32
         # sums blocks of 256 exactly (in any order); float64 adds the block sums exactly.
-        sq = torch.sub(r, q[:, None, :].to(torch.float32))
+        sq = r.to(torch.float32).sub_(q[:, None, :].to(torch.float32))
         sq.mul_(sq)
         if sq.shape[-1] % 256:
             sq = torch.nn.functional.pad(sq, (0, -sq.shape[-1] % 256))
@@ -124,14 +124,14 @@ def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Nei
 
     # Centre both sets near the reference mean: distances are unchanged, norms (and so the float32
     # rounding error, which scales with them) shrink. Any offset is correct; a strided sample will do.
-    offset = torch.as_tensor(_row_mean(r_all[:: max(1, n // 8192)]), dtype=torch.float32, device=device)
+    offset = torch.as_tensor(_row_mean(r_all[:: max(1, n // 1024)]), dtype=torch.float32, device=device)
     bm, bn = _plan_chunks(m, n, d, K, memory_limit)
     resident = bn >= n  # whole reference fits: convert it once
     if resident:
         r32 = _centred(r_all, offset)
-        r_norm = (r32 * r32).sum(1)
+        r_norm = _sq_norms(r32)
     else:
-        r_norm = torch.cat([(c * c).sum(1) for c in (_centred(r_all[j : j + bn], offset) for j in range(0, n, bn))])
+        r_norm = torch.cat([_sq_norms(_centred(r_all[j : j + bn], offset)) for j in range(0, n, bn)])
     r_norm_max = float(r_norm.max())
 
     # Rigorous bound on the float32 rounding error of s_j = ‖r_j‖² - 2 q·r_j and of ‖q‖² (Higham's
@@ -166,7 +166,7 @@ def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Nei
                 best_i = torch.gather(merged_i, 1, pos)
         best_s, order = torch.sort(best_s, dim=1)
         best_i = torch.gather(best_i, 1, order)
-        q_norm = (q32 * q32).sum(1).double()
+        q_norm = _sq_norms(q32).double()
         slack = c_err * (q_norm + r_norm_max)
         # Exact re-check, cheapest first: the k+1 best candidates, then the whole shortlist, then
         # (rarely) the whole reference set. A level is certified when no row it did not measure
@@ -197,10 +197,15 @@ def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Nei
     return Neighbors(dist=dist, index=index, n_fallback=n_fallback)
 
 
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """Row norms squared in float32 (a fused reduction: no (n, d) temporary). Rounding: within
+    γ_d + 3u of ‖x‖², which the error bound in :func:`knn` allows for."""
+    return torch.linalg.vector_norm(x, dim=1).square()
+
+
 def _centred(a, offset: torch.Tensor) -> torch.Tensor:
-    """Rows of ``a`` as float32 on ``offset``'s device, minus ``offset`` (one fused pass for uint8)."""
-    t = torch.as_tensor(a).to(offset.device)
-    return torch.sub(t, offset) if t.dtype == torch.uint8 else t.to(torch.float32) - offset
+    """Rows of ``a`` as float32 on ``offset``'s device, minus ``offset``."""
+    return torch.as_tensor(a).to(device=offset.device, dtype=torch.float32, copy=True).sub_(offset)  # never the caller's
 
 
 def _is_uint8(a) -> bool:
