@@ -164,9 +164,10 @@ def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Nei
                 merged_i = torch.cat([best_i, i_top + j0], dim=1)
                 best_s, pos = torch.topk(merged_s, K, dim=1, largest=False, sorted=False)
                 best_i = torch.gather(merged_i, 1, pos)
+        # The shortlist is small (b × K): certify and re-check it on the CPU, whatever the device.
         best_s, order = torch.sort(best_s, dim=1)
-        best_i = torch.gather(best_i, 1, order)
-        q_norm = _sq_norms(q32).double()
+        best_i, best_s = torch.gather(best_i, 1, order).cpu(), best_s.cpu()
+        q_norm = _sq_norms(q32).double().cpu()
         slack = c_err * (q_norm + r_norm_max)
         # Exact re-check, cheapest first: the k+1 best candidates, then the whole shortlist, then
         # (rarely) the whole reference set. A level is certified when no row it did not measure
@@ -182,8 +183,8 @@ def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Nei
             bound = q_norm[todo] + best_s[todo, c - 1].double() - slack[todo]
             ok = (bound >= ex_sorted[:, k - 1]) if c < n else torch.ones(len(todo), dtype=torch.bool)
             rows = todo[ok].numpy()
-            d_blk[rows] = ex_sorted[ok, :k].cpu().numpy()
-            i_blk[rows] = torch.gather(cand, 1, pos)[ok, :k].cpu().numpy()
+            d_blk[rows] = ex_sorted[ok, :k].numpy()
+            i_blk[rows] = torch.gather(cand, 1, pos)[ok, :k].numpy()
             todo = todo[~ok]
             if len(todo) == 0:
                 break
@@ -234,7 +235,7 @@ def _exact_candidates(q_blk, r_all, cand: torch.Tensor, integer: bool) -> torch.
 
 
 def _exact_scan(q_row, r_all, k: int, integer: bool, device, bn: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest by a float64 (or int64) scan over the whole reference set."""
+    """Exact k nearest by a scan over the whole reference set (see :func:`_exact_sq_dists`)."""
     q = torch.as_tensor(np.asarray(q_row) if not isinstance(q_row, torch.Tensor) else q_row).to(device)
     dists = []
     step = max(1, min(bn, (256 * 2**20) // (8 * q.numel())))
