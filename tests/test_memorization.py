@@ -179,3 +179,19 @@ def test_zip_with_corrupt_member_names_the_member(sets, capsys):
         zf.writestr("00000/img00000000.png", b"not a png")
     assert run(["memorization", "--train", str(tmp / "broken.zip"), "--generated", str(tmp / "gen.npz")]) == 2
     _one_error_line(capsys, "--train", "broken.zip")
+
+
+def test_float_generated_measured_as_given_unless_quantize(sets, capsys):
+    """A float sample half a grey level from a training image: as given it is measured in float;
+    --quantize rounds it onto the training image first (d1 = 0)."""
+    train, _, tmp = sets
+    step = np.where(train[:4] < 255, 0.4, -0.4) / 127.5  # stays inside [-1, 1]
+    gen = (train[:4].astype(np.float32) / 127.5 - 1 + step).astype(np.float32)
+    np.savez(tmp / "float.npz", images=gen)
+    base = ["memorization", "--train", str(tmp / "train.zip"), "--generated", str(tmp / "float.npz"), "--out"]
+    assert run(base + [str(tmp / "a")]) == 0
+    assert run(base + [str(tmp / "b"), "--quantize"]) == 0
+    d1_given = np.load(tmp / "a" / "neighbors.npz")["d1"]
+    d1_quantized = np.load(tmp / "b" / "neighbors.npz")["d1"]
+    np.testing.assert_allclose(d1_given, np.sqrt(64) * 0.4 / 127.5, rtol=1e-5)
+    assert (d1_quantized == 0).all()

@@ -26,8 +26,8 @@ OUTPUTS = ["neighbors.npz", "neighbors.png", "summary.json"]
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--bootstrap", default=1000, show_default=True, type=int, help="Bootstrap resamples for the 95 % CI.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
-@click.option("--quantize/--no-quantize", default=True, show_default=True,
-              help="Round float generated images to uint8 first, as a PNG would.")
+@click.option("--quantize/--no-quantize", default=False, show_default=True,
+              help="Round float generated images to uint8 first, as saving them to PNG would (seed 001).")
 def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, memory_limit, device, bootstrap, seed, quantize):
     """Memorization ratio: the share of generated images whose nearest training image is
     closer than THRESHOLD times the second nearest (exact L2 in pixel space)."""
