@@ -195,3 +195,16 @@ def test_float_generated_measured_as_given_unless_quantize(sets, capsys):
     d1_quantized = np.load(tmp / "b" / "neighbors.npz")["d1"]
     np.testing.assert_allclose(d1_given, np.sqrt(64) * 0.4 / 127.5, rtol=1e-5)
     assert (d1_quantized == 0).all()
+
+
+def test_mixed_uint8_and_float_sets_match_float64_brute_force(sets):
+    train, gen, _ = sets
+    rng = np.random.default_rng(9)
+    g = np.clip(gen / 127.5 - 1 + rng.normal(0, 0.01, gen.shape), -1, 1)  # float64, model space
+    result = audit(train, g)
+    t = train.reshape(len(train), -1) / 127.5 - 1
+    d = np.sqrt(((g.reshape(len(g), -1)[:, None] - t[None]) ** 2).sum(-1))
+    d.sort(axis=1)
+    np.testing.assert_allclose(result.d1, d[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(result.d2, d[:, 1], rtol=1e-12)
+    np.testing.assert_array_equal(result.memorized, d[:, 0] < d[:, 1] / 3)

@@ -137,12 +137,17 @@ def audit(
         raise InputError(f"{t_src}: the memorization ratio needs at least 2 training images")
     if quantize and g_pix.dtype != np.uint8:
         g_pix = to_uint8(g_pix)
+    # Measure in the units of the data given, without rounding anything: two uint8 sets in integer
+    # pixel units; a uint8 set against a float one in pixel units too (the float set mapped by
+    # (x + 1)·127.5 in float64); two float sets in model space. Distances are reported in model space.
     scale = 1.0
-    if t_pix.dtype == np.uint8 and g_pix.dtype == np.uint8:
-        scale = 1.0 / 127.5  # exact integer distances, reported in model-space units
-    else:  # mixed or float: compare in model space
-        t_pix = ImageSet(t_pix.reshape(len(t_pix), 1, 1, -1) if t_pix.ndim != 4 else t_pix).to_model()
-        g_pix = ImageSet(g_pix.reshape(len(g_pix), 1, 1, -1) if g_pix.ndim != 4 else g_pix).to_model()
+    if (t_pix.dtype == np.uint8) != (g_pix.dtype == np.uint8):
+        if t_pix.dtype == np.uint8:
+            g_pix = (g_pix.astype(np.float64) + 1.0) * 127.5
+        else:
+            t_pix = (t_pix.astype(np.float64) + 1.0) * 127.5
+    if t_pix.dtype == np.uint8 or g_pix.dtype == np.uint8:
+        scale = 1.0 / 127.5
     nb = knn(g_pix, t_pix, k=2, memory_limit=memory_limit, device=device, progress=progress)
     d1, d2 = nb.dist[:, 0] * scale, nb.dist[:, 1] * scale
     memorized = is_memorized(nb.dist[:, 0], nb.dist[:, 1], threshold)
