@@ -10,14 +10,12 @@ decay in {0, 1e-3, 1e-2, 1e-1}, two runs at a time on one thread each. Writes
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import train_runs  # noqa: E402
 from digits_memorization import TRAIN  # noqa: E402  (the same run, only the decay changes)
 
 from diffmem.atomic import write_json  # noqa: E402
@@ -26,25 +24,15 @@ from diffmem.plots import save_curves  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "weight_decay"
 DECAYS = ["0", "1e-3", "1e-2", "1e-1"]
-CLI = "import sys; from diffmem.cli import run; sys.exit(run(sys.argv[1:]))"
 
 
 def main() -> int:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "d16.zip"
         if run(["data", "--source", "digits", "--size", "16", "--labels", "none", "--out", str(data)]):
             return 1
-        summaries = {}
-        for pair in (DECAYS[i : i + 2] for i in range(0, len(DECAYS), 2)):  # two runs at a time
-            procs = {wd: subprocess.Popen([sys.executable, "-c", CLI, "train", "--data", str(data), "--out",
-                                           str(Path(tmp) / f"wd{wd}"), *TRAIN, "--weight-decay", wd, "--no-progress"],
-                                          env=env, stdout=subprocess.DEVNULL)
-                     for wd in pair}
-            for wd, proc in procs.items():
-                if proc.wait():
-                    return 1
-                summaries[wd] = json.loads((Path(tmp) / f"wd{wd}" / "summary.json").read_text())
+        jobs = {wd: ["--data", str(data), *TRAIN, "--weight-decay", wd] for wd in DECAYS}
+        summaries = train_runs(jobs, Path(tmp))
     RESULTS.mkdir(parents=True, exist_ok=True)
     table = {wd: {"max_memorization_ratio": s["max_memorization_ratio"], "final_loss": s["final_loss"],
                   "curve": s["memorization_curve"]} for wd, s in summaries.items()}
