@@ -411,3 +411,20 @@ def test_idx_bad_inputs(tmp_path):
     _raises(["d-images-idx3-ubyte.gz", "cannot read"], load_image_set, tmp_path / "d-images-idx3-ubyte.gz")
     _idx(tmp_path / "e-images-idx3-ubyte", np.zeros((0, 4, 4), np.uint8), 0x00000803)
     _raises(["e-images-idx3-ubyte", "no images"], load_image_set, tmp_path / "e-images-idx3-ubyte")
+
+
+def test_cifar_archive_end_to_end_through_the_cli(tmp_path, rng, run_cli):
+    """A user's CIFAR-10 archive: subset -> optimum samples -> audit against the archive itself."""
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    flat, labels, _, _ = _write_cifar(archive, rng, per_batch=20)
+    code, out, err = run_cli(["data", "--source", "cifar10", "--root", archive, "--size", "20", "--out", tmp_path / "c20.zip"])
+    assert code == 0, err
+    subset = load_image_set(tmp_path / "c20.zip")
+    assert subset.images.shape == (20, 3, 32, 32) and np.bincount(subset.labels).tolist() == [2] * 10
+    code, out, err = run_cli(["sample", "--optimal", "--train", tmp_path / "c20.zip", "--num", "12", "--steps", "12",
+                              "--out", tmp_path / "gen"])
+    assert code == 0, err
+    code, out, err = run_cli(["memorization", "--train", archive, "--generated", tmp_path / "gen", "--json"])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["n_train"] == 100 and summary["memorization_ratio"] == 1.0
