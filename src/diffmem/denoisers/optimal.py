@@ -60,10 +60,12 @@ class OptimalDenoiser:
     ):
         if isinstance(train, ImageSet):
             labels = train.labels if labels is None else labels
-            train = train.to_model()
-        elif isinstance(train, np.ndarray) and train.dtype == np.uint8:
-            train = train.astype(np.float32) / 127.5 - 1.0
-        y = torch.as_tensor(train).to(device=device, dtype=dtype)
+            train = train.images
+        y = torch.as_tensor(train)
+        if y.dtype == torch.uint8:  # pixels -> model space, converted once straight into `dtype`
+            y = y.to(device=device, dtype=dtype).div_(127.5).sub_(1.0)
+        else:
+            y = y.to(device=device, dtype=dtype)
         self.shape = tuple(y.shape[1:])
         y = y.reshape(len(y), -1)  # (n, d)
         self.conditional = conditional
@@ -79,7 +81,7 @@ class OptimalDenoiser:
             ends = torch.cumsum(counts, 0).tolist()
             self.class_slice = {int(c): slice(e - k, e) for c, k, e in zip(classes.tolist(), counts.tolist(), ends)}
         self.y = y
-        self.y_sq = (y * y).sum(1)  # ‖y_i‖²
+        self.y_sq = torch.linalg.vector_norm(y, dim=1).square()  # ‖y_i‖², without a (n, d) temporary
         self.kind, self.strength = _parse_regularizer(regularize)
         self.chunk = chunk
         self.device, self.dtype = torch.device(device), dtype
