@@ -60,11 +60,10 @@ PRESETS: dict[str, dict] = {
     "paper": dict(arch="ddpmpp", channels=128, channel_mult=(2, 2, 2), blocks=2, attn=(16,), dropout=0.13,
                   embed="positional"),
     # DESIGN.md calibration net (0.72 M parameters on 8x8x1): CPU minutes to memorize |D| = 64.
-    "tiny": dict(arch="ddpmpp", channels=32, channel_mult=(1, 2), blocks=1, attn=(), dropout=0.0,
-                 embed="positional"),
+    # Small presets leave the embedding to the architecture (--arch ncsnpp --preset tiny is Fourier).
+    "tiny": dict(arch="ddpmpp", channels=32, channel_mult=(1, 2), blocks=1, attn=(), dropout=0.0),
     # Three levels, two blocks: the paper's shape at 1/4 width (for 16-32 px on CPU).
-    "small": dict(arch="ddpmpp", channels=32, channel_mult=(1, 2, 2), blocks=2, attn=(), dropout=0.0,
-                  embed="positional"),
+    "small": dict(arch="ddpmpp", channels=32, channel_mult=(1, 2, 2), blocks=2, attn=(), dropout=0.0),
     # Seed 002's toy MLP.
     "mlp-toy": dict(arch="mlp", hidden=256, depth=2, embed="positional"),
 }
