@@ -38,7 +38,7 @@ import torch
 from diffmem.atomic import remove_stale_temporaries, write_json, write_text
 from diffmem.checkpoints import CONFIG_FILE, STATE_FILE, list_snapshots, load_state, save_snapshot, save_state, snapshot_name
 from diffmem.denoisers.dropout import global_batch_dropout
-from diffmem.denoisers.networks import ARCHS, PRESETS, build_network, count_parameters
+from diffmem.denoisers.networks import ARCHS, PRESETS, build_network, count_parameters, parse_int_tuple
 from diffmem.denoisers.precond import PRECONDS
 from diffmem.errors import InputError
 from diffmem.losses import LOSSES
@@ -125,19 +125,6 @@ def _positive(name: str, value, allow_zero: bool = False):
         raise InputError(f"--{name.replace('_', '-')}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def parse_int_list(text, flag: str) -> list[int] | None:
-    """"2,2,2" → [2, 2, 2]; "none" → [] (e.g. --attn none)."""
-    if text is None or isinstance(text, (list, tuple)):
-        return None if text is None else list(text)
-    if str(text).strip().lower() == "none":
-        return []
-    try:
-        values = [int(v) for v in str(text).split(",") if v.strip() != ""]
-    except ValueError:
-        raise InputError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-    return values
-
-
 def parse_duration_images(text: str, num_images: int, flag: str) -> int:
     """``N`` or ``Nimg`` (training images) or ``Nep`` (epochs of the data set, i.e. scaled by |D|) → images."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(img|ep|epochs?)?\s*", str(text))
@@ -200,8 +187,9 @@ def resolve_config(flags: dict, *, explicit=(), resume: bool = False, world_size
     if out is None:
         raise InputError("--out: required")
     stored_path = Path(out) / CONFIG_FILE
-    for key in ("channel_mult", "skips", "attn"):
-        flags[key] = parse_int_list(flags[key], f"--{key.replace('_', '-')}")
+    for key, lo in (("channel_mult", 1), ("skips", 0), ("attn", 1)):  # "2,2,2" -> [2, 2, 2]; attn "none" -> []
+        if flags[key] is not None:
+            flags[key] = list(parse_int_tuple(key, flags[key], lo, allow_empty=key == "attn"))
     if resume and stored_path.is_file():
         stored = json.loads(stored_path.read_text())
         for key in DEFAULTS:

@@ -45,10 +45,10 @@ def _free_folder(base: str) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_cmd(out_dir, num, sizes, seed):
     """Optimum-vs-audit demo on digits: D* memorizes at every |D|, regularization controls it."""
-    from diffmem.cli.options import parse_int_list
+    from diffmem.denoisers.networks import parse_int_tuple
     from diffmem.plots import save_neighbor_grid, save_curve
 
-    sizes = parse_int_list(sizes, "--sizes")
+    sizes = parse_int_tuple("sizes", sizes, 1)
     if num <= 0:
         raise click.BadParameter(f"must be > 0, got {num}", param_hint="--num")
     out = fresh_output_dir(out_dir or _free_folder("diffmem-demo"), OUTPUTS)

@@ -68,14 +68,3 @@ def fresh_output_dir(path: str | Path, names: list[str], flag: str = "--out") ->
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-
-
-def parse_int_list(text: str, flag: str, *, minimum: int = 1) -> list[int]:
-    """``64,1024`` → [64, 1024], every value ≥ ``minimum``."""
-    try:
-        values = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{flag}: expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < minimum for v in values):
-        raise InputError(f"{flag}: expected integers >= {minimum}, got {text!r}")
-    return values

@@ -99,8 +99,9 @@ def _int(name, value, lo):
     return value
 
 
-def _int_tuple(name, value, lo, allow_empty=False) -> tuple[int, ...]:
-    """Parse a sequence of ints or a string like "2,2,2" / "(2, 2, 2)" / "none"."""
+def parse_int_tuple(name, value, lo, allow_empty=False) -> tuple[int, ...]:
+    """Parse a sequence of ints or a string like "2,2,2" / "(2, 2, 2)" / "none" (with ``allow_empty``),
+    each >= ``lo``; errors name the flag ``--name``."""
     if isinstance(value, str):
         text = value.strip().strip("()[]").replace(",", " ").split()
         if allow_empty and len(text) == 1 and text[0].lower() == "none":
@@ -188,13 +189,13 @@ def build_network(arch: str, *, img_resolution: int, in_channels: int, label_dim
     res = _int("resolution", img_resolution, 1)
     in_channels = _int("in_channels", in_channels, 1)
     channels = _int("channels", s["channels"], 4)
-    channel_mult = _int_tuple("channel_mult", s["channel_mult"], 1)
+    channel_mult = parse_int_tuple("channel_mult", s["channel_mult"], 1)
     blocks = _int("blocks", s["blocks"], 1)
     if res % (1 << (len(channel_mult) - 1)):
         raise InputError(f"--channel-mult: {len(channel_mult)} levels halve the resolution {len(channel_mult) - 1} "
                          f"times, but {res} is not divisible by {1 << (len(channel_mult) - 1)}")
     resolutions = [res >> level for level in range(len(channel_mult))]
-    attn = _int_tuple("attn", s["attn"], 1, allow_empty=True)
+    attn = parse_int_tuple("attn", s["attn"], 1, allow_empty=True)
     if "attn" in s["explicit"]:
         missing = [r for r in attn if r not in resolutions]
         if missing:
