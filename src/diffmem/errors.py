@@ -1,13 +1,49 @@
 """The one error type users see.
 
-Every problem with user input (a file, a flag, a value) raises :class:`InputError` with a message
-that names the offending file or flag. The command line prints that message as one line on stderr
-and exits with status 2; Python callers get a normal exception.
+Every problem with user input (a file, a parameter, a value) raises :class:`InputError`. Library
+code names the *parameter* at fault (``InputError("must be > 0, got -1", param="num")`` reads
+``num: must be > 0, got -1``); the command line turns the parameter into its flag (``--num: ...``),
+prints one line on stderr and exits with status 2. Errors about a file name the file itself.
 """
+
+from __future__ import annotations
+
+import math
 
 
 class InputError(ValueError):
-    """Bad user input. ``str(err)`` is a one-line message naming the file or flag at fault."""
+    """Bad user input. ``str(err)`` is one line; ``err.param`` the parameter at fault (or None)."""
 
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
+    def __init__(self, message: str, *, param: str | None = None):
+        self.param = param
+        self.detail = " ".join(str(message).split())
+        super().__init__(f"{param}: {self.detail}" if param else self.detail)
+
+
+def flag_name(param: str) -> str:
+    """The command-line flag of a library parameter: ``weight_decay`` -> ``--weight-decay``."""
+    return "--" + param.replace("_", "-")
+
+
+def check_number(param: str, value, *, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False, integer: bool = False):
+    """``value`` as a finite int/float inside the given bounds, else InputError naming ``param``.
+
+    NaN, ±inf and values that overflowed on parsing (``1e400``) are refused whatever the bounds.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value) if not integer else int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"must be a {'whole ' if integer else ''}number, got {value!r}", param=param) from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"must be a finite number, got {value}", param=param)
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise InputError(f"must be a whole number, got {value}", param=param)
+        value = int(value)
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise InputError(f"must be {'>' if lo_open else '>='} {lo:g}, got {value}", param=param)
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise InputError(f"must be {'<' if hi_open else '<='} {hi:g}, got {value}", param=param)
+    return value
