@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffmem.denoisers.mlp import MLPNet
 from diffmem.denoisers.networks import PRESETS, build_network, count_parameters, one_hot
 from diffmem.denoisers.unet import Conv2d, PositionalEmbedding, SongUNet, UNetBlock
-from diffmem.errors import InputError
+from diffmem.errors import InputError, flag_name
 
 # Reference parameter counts of NVlabs/edm's training/networks.py::SongUNet (repository HEAD
 # 008a4e5316c8e3bfe61a62f874bddba254295afb; the file last changed in b2a26c9, 2022-11-21), obtained
@@ -18,7 +18,9 @@ from diffmem.errors import InputError
 # sum(p.numel() for p in SongUNet(**kwargs).parameters()) with the kwargs below, where DDPM++ =
 # dict(embedding_type='positional', encoder_type='standard', decoder_type='standard',
 #      channel_mult_noise=1, resample_filter=[1,1]) and NCSN++ = dict(embedding_type='fourier',
-#      encoder_type='residual', decoder_type='skip', channel_mult_noise=2, resample_filter=[1,3,3,1]).
+#      encoder_type='residual', decoder_type='standard', channel_mult_noise=2, resample_filter=[1,3,3,1])
+# (EDM's train.py settings; the NCSN++ counts were recomputed with the real EDM code, torch_utils
+# included, when the decoder changed from 'skip' (56410377 and 323779) to 'standard').
 # (Same command: benchmarks/bench_train_step.py --edm prints both counts for a configuration.)
 EDM_COUNTS = [
     # (label, build_network args, EDM SongUNet kwargs summary, count)
@@ -31,14 +33,14 @@ EDM_COUNTS = [
     ("ddpmpp default", dict(arch="ddpmpp", img_resolution=32, in_channels=3),
      "DDPM++ res 32 in/out 3, 128 ch, mult [2,2,2], 4 blocks, attn [16]", 55732739),
     ("ncsnpp default", dict(arch="ncsnpp", img_resolution=32, in_channels=3),
-     "NCSN++ res 32 in/out 3, 128 ch, mult [2,2,2], 4 blocks, attn [16]", 56410377),
+     "NCSN++ res 32 in/out 3, 128 ch, mult [2,2,2], 4 blocks, attn [16]", 56395523),
     ("tiny 8x8x1", dict(arch="ddpmpp", img_resolution=8, in_channels=1, preset="tiny"),
      "DDPM++ res 8 in/out 1, 32 ch, mult [1,2], 1 block, attn []", 715201),
     ("small 16x16x1", dict(arch="ddpmpp", img_resolution=16, in_channels=1, preset="small"),
      "DDPM++ res 16 in/out 1, 32 ch, mult [1,2,2], 2 blocks, attn []", 1702689),
     ("ncsnpp 28x28x1 cond", dict(arch="ncsnpp", img_resolution=28, in_channels=1, label_dim=3, channels=16,
                                  channel_mult=(1, 2, 2), blocks=1, attn=(14,)),
-     "NCSN++ res 28 in/out 1, label_dim 3, 16 ch, mult [1,2,2], 1 block, attn [14]", 323779),
+     "NCSN++ res 28 in/out 1, label_dim 3, 16 ch, mult [1,2,2], 1 block, attn [14]", 323073),
 ]
 
 
@@ -171,14 +173,21 @@ def test_bad_knobs_raise_input_error_naming_flag(kwargs, flag):
     arch = kwargs.pop("arch", "ddpmpp")
     with torch.device("meta"), pytest.raises(InputError) as err:
         build_network(arch, img_resolution=28, in_channels=1, **kwargs)
-    assert str(err.value).startswith(flag + ":"), str(err.value)
+    assert _names_flag(err.value, flag), str(err.value)
+
+
+def _names_flag(err: InputError, flag: str) -> bool:
+    """The error names ``flag``: as its parameter (``InputError(..., param=)``) or as a ``--flag:`` prefix."""
+    return (err.param is not None and flag_name(err.param) == flag) or str(err).startswith(flag + ":")
 
 
 def test_bad_mlp_knobs():
-    with pytest.raises(InputError, match="^--depth:"):
+    with pytest.raises(InputError) as err:
         build_network("mlp", img_resolution=1, in_channels=1, dim=2, depth=0)
-    with pytest.raises(InputError, match="^--channels:"):
+    assert _names_flag(err.value, "--depth"), str(err.value)
+    with pytest.raises(InputError) as err:
         build_network("mlp", img_resolution=4, in_channels=1, channels=32)
+    assert _names_flag(err.value, "--channels"), str(err.value)
 
 
 def test_none_knobs_mean_default():

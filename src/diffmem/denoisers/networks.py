@@ -20,8 +20,10 @@ dim              data dimension d (else res²·channels)      mlp
 
 Architecture defaults are EDM's CIFAR-10 configurations (``ddpmpp``: 128 channels, (2, 2, 2),
 4 blocks, attention at 16, dropout 0.13, positional; ``ncsnpp`` the same with Fourier features,
-residual encoder, skip decoder, [1, 3, 3, 1] filter). Attention resolutions that come from a preset
-or default and do not occur in the network are ignored; given explicitly they are an error.
+residual encoder, standard decoder, [1, 3, 3, 1] filter: what NVlabs/edm's ``train.py`` passes
+for ``--arch ncsnpp``, not the "skip" decoder of Song et al.'s NCSN++). Attention resolutions that
+come from a preset or default and do not occur in the network are ignored; given explicitly they
+are an error.
 
 Class conditioning: networks take float one-hot labels (N, label_dim); :func:`one_hot` makes them
 from int64 class indices. "Unique" labels (one class per training image) use label_dim = |D|.
@@ -49,10 +51,12 @@ ARCH_DEFAULTS: dict[str, dict] = {
     "mlp": dict(hidden=256, depth=2, embed="positional"),
 }
 
-# Fixed (non-knob) SongUNet arguments per architecture (EDM's DDPM++ / NCSN++ configs).
+# Fixed (non-knob) SongUNet arguments per architecture, as NVlabs/edm's train.py sets them for
+# --arch ddpmpp / ncsnpp (both use the standard decoder).
 _SONG_FIXED = {
     "ddpmpp": dict(encoder_type="standard", decoder_type="standard", channel_mult_noise=1, resample_filter=(1, 1)),
-    "ncsnpp": dict(encoder_type="residual", decoder_type="skip", channel_mult_noise=2, resample_filter=(1, 3, 3, 1)),
+    "ncsnpp": dict(encoder_type="residual", decoder_type="standard", channel_mult_noise=2,
+                   resample_filter=(1, 3, 3, 1)),
 }
 
 PRESETS: dict[str, dict] = {
