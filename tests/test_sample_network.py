@@ -7,7 +7,7 @@ import torch
 
 from diffmem.cli import run
 from diffmem.data.io import load_image_set
-from diffmem.training import load_denoiser
+from diffmem.runs import load_run
 
 TRAIN = ["--preset", "tiny", "--channels", "16", "--precond", "edm", "--steps", "6", "--batch", "8",
          "--lr", "1e-3", "--ema-rate", "0.9", "--device", "cpu", "--no-progress"]
@@ -27,7 +27,7 @@ def test_sample_network_end_to_end(tmp_path, capsys):
     # Same seed, same samples; and the sampler really used the trained weights.
     assert run(args + ["--out", str(tmp_path / "b.npz"), "--batch", "4"]) == 0
     np.testing.assert_array_equal(a, np.load(tmp_path / "b.npz")["images"])
-    D, _ = load_denoiser(tmp_path / "run")
+    D = load_run(tmp_path / "run").denoiser
     x = torch.randn(2, 1, 8, 8)
     assert not torch.allclose(D(x, torch.full((2,), 1.0)), x * 0.25 / 1.25)  # not the untrained c_skip·x
     # The audit takes the samples as they are.

@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffmem.checkpoints import load_denoiser, read_snapshot
+from diffmem.runs import load_run, read_snapshot
 from diffmem.cli import run
 from diffmem.denoisers.networks import build_network, count_parameters
 from diffmem.denoisers.precond import EDMPrecond
 from diffmem.errors import InputError
-from diffmem.training import (ema_beta, global_batch_indices, halflife_from_rate, learning_rate,
-                              parse_duration_images, parse_snapshots)
+from diffmem.config import parse_duration_images, parse_snapshots
+from diffmem.schedules import ema_beta, global_batch_indices, halflife_from_rate, learning_rate
 
 TINY = ["--preset", "tiny", "--channels", "8", "--precond", "edm"]
 
@@ -52,7 +52,7 @@ def test_dry_run_prints_resolved_config(digits16, digits20_labeled, tmp_path, ca
     c = _dry(capsys, "--data", str(digits16), "--out", str(out), *TINY, "--epochs", "10", "--batch", "6",
              "--snapshots", "2,log:3", "--lr", "1e-3", "--lr-scaling", "3", "--lr-warmup", "2ep", "--ema-rate", "0.9")
     assert not out.exists()  # trains and writes nothing
-    assert c["num_images"] == 16 and c["resolution"] == 8 and c["in_channels"] == 1 and c["label_dim"] == 0
+    assert c["num_images"] == 16 and c["resolution"] == 8 and c["in_channels"] == 1 and c["num_classes"] == 0
     assert c["total_steps"] == math.ceil(10 * 16 / 6) == 27
     assert c["lr_effective"] == pytest.approx(1e-3 * 6 / 3)
     assert c["lr_warmup_images"] == 32
@@ -60,9 +60,9 @@ def test_dry_run_prints_resolved_config(digits16, digits20_labeled, tmp_path, ca
     assert c["ema_halflife_images"] == pytest.approx(6 * math.log(0.5) / math.log(0.9))
     net = build_network("ddpmpp", img_resolution=8, in_channels=1, preset="tiny", channels=8)
     assert c["parameters"] == count_parameters(net)
-    # labels in the data set make the net conditional, with label_dim = max label + 1
+    # labels in the data set make the net conditional, with num_classes = max label + 1
     c = _dry(capsys, "--data", str(digits20_labeled), "--out", str(out), *TINY, "--steps", "5")
-    assert c["label_dim"] == 10 and c["total_steps"] == 5
+    assert c["num_classes"] == 10 and c["total_steps"] == 5
     cond = build_network("ddpmpp", img_resolution=8, in_channels=1, label_dim=10, preset="tiny", channels=8)
     assert c["parameters"] == count_parameters(cond) > count_parameters(net)
     # an EMA half-life in epochs scales with |D|; one in images does not
@@ -179,12 +179,16 @@ def test_run_folder_snapshots_and_load_denoiser(digits16, tmp_path, capsys, one_
     tensors, meta = read_snapshot(out / "snapshot-epoch000005.safetensors")
     assert meta["epoch"] == 5 and meta["step"] == 10 and meta["config"]["total_steps"] == 24
 
-    # load_denoiser: a run folder gives its latest snapshot; a file gives that one
-    D, info = load_denoiser(out)
-    assert (info["resolution"], info["channels"], info["label_dim"], info["epoch"]) == (8, 1, 0, 12)
+    # load_run: a run folder gives its latest snapshot; a file gives that one
+    loaded = load_run(out)
+    D = loaded.denoiser
+    assert (D.shape, D.num_classes, loaded.epoch, loaded.step) == ((1, 8, 8), 0, 12, 24)
+    assert (D.sigma_min, D.sigma_max) == (0.0, math.inf)  # EDM: any noise level
+    assert loaded.config.seed == 7 and loaded.record["total_steps"] == 24
     assert not D.training and not any(p.requires_grad for p in D.parameters())
-    D5, info5 = load_denoiser(out / "snapshot-epoch000005.safetensors")
-    assert info5["epoch"] == 5
+    loaded5 = load_run(out / "snapshot-epoch000005.safetensors")
+    D5 = loaded5.denoiser
+    assert loaded5.epoch == 5
     net = build_network("ddpmpp", img_resolution=8, in_channels=1, preset="tiny", channels=8)
     net.load_state_dict(tensors)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -196,15 +200,16 @@ def test_run_folder_snapshots_and_load_denoiser(digits16, tmp_path, capsys, one_
     # the sample command's entry: RUN folders without snapshots are an error naming the flag
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match="--network"):
-        load_denoiser(empty)
+    with pytest.raises(InputError, match="network") as err:
+        load_run(empty)
+    assert err.value.param == "network"
 
 
 def test_conditional_run_trains(digits20_labeled, tmp_path, one_thread):
     out = tmp_path / "cond"
     assert run(["train", "--data", str(digits20_labeled), "--out", str(out), *TINY, "--steps", "6", "--batch", "10"]) == 0
-    D, info = load_denoiser(out)
-    assert info["label_dim"] == 10
+    D = load_run(out).denoiser
+    assert D.num_classes == 10
     x = torch.zeros(2, 1, 8, 8)
     with torch.no_grad():
         a, b = D(x, 1.0, torch.tensor([0, 0])), D(x, 1.0, torch.tensor([0, 9]))

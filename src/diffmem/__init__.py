@@ -1,11 +1,66 @@
 """diffmem: measure, explain and control memorization in diffusion models.
 
-A denoiser is any callable ``D(x, sigma, labels=None) -> x_hat`` on model-space tensors
-(``uint8 / 127.5 - 1``). Trained networks (preconditioned) and closed-form optima both satisfy it,
-so every sampler and metric in this package works on both.
+A notebook session::
+
+    import diffmem
+    digits = diffmem.load_source("digits")                      # ImageSet: uint8 (N, 1, 8, 8), labels
+    train_set = diffmem.class_balanced_subset(digits, 16)        # the first 16/10 of each class (nested)
+    config = diffmem.TrainConfig(preset="tiny", channels=16, precond="edm", epochs=300, batch=16, lr=2e-3)
+    diffmem.train(config, train_set, "run16")                   # a run folder: snapshots, stats, state
+    D = diffmem.load_run("run16").denoiser                      # D(x, sigma, labels), shape (1, 8, 8)
+    x = diffmem.sample(D, 200, seed=0)                          # float32 (200, 1, 8, 8) in [-1, 1]
+    result = diffmem.memorization(train_set, x)                  # ratio, ci95, per-sample d1/d2/idx
+
+Images live in model space ``uint8 / 127.5 - 1``. A denoiser is any callable
+``D(x, sigma, labels=None) -> x̂`` that also states its ``shape``, ``num_classes`` and noise range
+(:class:`Denoiser`); trained networks and the closed-form :class:`OptimalDenoiser` both are one, so
+every sampler and metric works on both.
+
+Names are imported on first use, so ``import diffmem`` stays light.
 """
 
-from diffmem.errors import InputError
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["InputError", "__version__"]
+
+_EXPORTS = {
+    # errors
+    "InputError": "diffmem.errors",
+    # data
+    "ImageSet": "diffmem.data", "load_image_set": "diffmem.data", "load_source": "diffmem.data",
+    "SOURCES": "diffmem.data", "class_balanced_subset": "diffmem.data", "class_balanced_indices": "diffmem.data",
+    "assign_labels": "diffmem.data", "take": "diffmem.data", "resize": "diffmem.data", "select_classes": "diffmem.data",
+    "gaussian_mixture": "diffmem.data", "to_uint8": "diffmem.data", "write_dataset_zip": "diffmem.data",
+    "save_npz": "diffmem.data", "write_png_folder": "diffmem.data",
+    # denoisers
+    "Denoiser": "diffmem.denoisers.protocol", "denoiser_from_function": "diffmem.denoisers.protocol",
+    "OptimalDenoiser": "diffmem.denoisers.optimal", "build_network": "diffmem.denoisers.networks",
+    "PRESETS": "diffmem.denoisers.networks", "build_denoiser": "diffmem.denoisers.build",
+    "EDMPrecond": "diffmem.denoisers.precond", "VPPrecond": "diffmem.denoisers.precond",
+    "load_run": "diffmem.runs", "LoadedRun": "diffmem.runs",
+    # sampling
+    "sample": "diffmem.sampling", "heun": "diffmem.sampling", "euler": "diffmem.sampling",
+    "stochastic": "diffmem.sampling", "time_steps": "diffmem.sampling",
+    # measuring
+    "memorization": "diffmem.metrics.memorization", "MemorizationResult": "diffmem.metrics.memorization",
+    "knn": "diffmem.metrics.neighbors",
+    # training
+    "TrainConfig": "diffmem.config", "RunPlan": "diffmem.config", "plan_run": "diffmem.config",
+    "train": "diffmem.training", "dry_run": "diffmem.training", "TrainingDiverged": "diffmem.training",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'diffmem' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -21,8 +21,9 @@ class InputError(ValueError):
 
 
 def flag_name(param: str) -> str:
-    """The command-line flag of a library parameter: ``weight_decay`` -> ``--weight-decay``."""
-    return "--" + param.replace("_", "-")
+    """The command-line flag of a library parameter: ``weight_decay`` -> ``--weight-decay``
+    (``ema/ema_rate`` -> ``--ema/--ema-rate``)."""
+    return "/".join("--" + p.replace("_", "-") for p in param.split("/"))
 
 
 def check_number(param: str, value, *, lo: float | None = None, hi: float | None = None,

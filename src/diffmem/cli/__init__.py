@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from diffmem.errors import InputError
+from diffmem.errors import InputError, flag_name
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,8 +23,9 @@ def run(argv: list[str] | None = None) -> int:
     """Entry point: runs :data:`main`, turning every input error into one line and exit status 2."""
     try:
         main.main(args=argv, prog_name="diffmem", standalone_mode=False)
-    except InputError as err:
-        click.echo(f"diffmem: error: {err}", err=True)
+    except InputError as err:  # the library names a parameter; the command line names its flag
+        message = f"{flag_name(err.param)}: {err.detail}" if err.param else str(err)
+        click.echo(f"diffmem: error: {message}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("diffmem: aborted", err=True)

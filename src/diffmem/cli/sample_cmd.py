@@ -15,6 +15,7 @@ from diffmem.data.imageset import to_uint8
 from diffmem.data.io import load_image_set, save_npz, write_dataset_zip, write_png_folder
 from diffmem.denoisers.optimal import OptimalDenoiser, parse_regularize_flag
 from diffmem.errors import InputError
+from diffmem.rng import LABELS, check_seed, numpy_rng
 from diffmem.sampling import SAMPLERS, sample
 
 
@@ -24,16 +25,16 @@ def resolve_labels(spec: str | None, num: int, num_classes: int, seed: int) -> n
     if spec is None or spec == "none":
         return None
     if num_classes == 0:
-        raise InputError("--labels: the training set / network has no classes; use --labels none")
+        raise InputError("the training set / network has no classes; use none", param="labels")
     if spec == "random":
-        return np.random.default_rng([seed, 0x1ABE1]).integers(0, num_classes, size=num)
+        return numpy_rng(seed, LABELS).integers(0, num_classes, size=num)
     try:
         values = [int(v) for v in spec.split(",")]
     except ValueError:
-        raise InputError(f"--labels: expected none, random, a class index or a comma list, got {spec!r}") from None
+        raise InputError(f"expected none, random, a class index or a comma list, got {spec!r}", param="labels") from None
     bad = [v for v in values if not 0 <= v < num_classes]
     if bad:
-        raise InputError(f"--labels: class {bad[0]} is outside 0..{num_classes - 1}")
+        raise InputError(f"class {bad[0]} is outside 0..{num_classes - 1}", param="labels")
     return np.resize(np.asarray(values, dtype=np.int64), num)
 
 
@@ -84,32 +85,29 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
                seed, labels, regularize, batch, device):
     """Generate NUM images (uint8) with EDM's samplers from the optimum or a trained network."""
     if optimal == bool(network):
-        raise InputError("--optimal/--network: give exactly one of --optimal (with --train) or --network")
-    if num <= 0:
-        raise InputError(f"--num: must be > 0, got {num}")
-    if batch <= 0:
-        raise InputError(f"--batch: must be > 0, got {batch}")
+        raise InputError("give exactly one of --optimal (with --train) or --network", param="optimal/network")
+    check_seed(seed)
     device = resolve_device(device)
     _check_out(out_path)
     if optimal:
         if not train_path:
-            raise InputError("--train: --optimal needs the training set")
+            raise InputError("--optimal needs the training set", param="train")
         train = load_image_set(train_path, what="--train")
         lab = resolve_labels(labels, num, train.num_classes, seed)
         D = OptimalDenoiser(train, conditional=lab is not None, regularize=parse_regularize_flag(regularize),
                             device=device)
-        shape, source = train.shape, {"optimal": str(train_path), "regularize": regularize}
+        source = {"optimal": str(train_path), "regularize": regularize}
     else:
         if regularize:
-            raise InputError("--regularize: only applies to --optimal")
-        from diffmem.training import load_denoiser
+            raise InputError("only applies to --optimal", param="regularize")
+        from diffmem.runs import load_run
 
-        D, info = load_denoiser(network, device=device)
-        lab = resolve_labels(labels or ("random" if info.get("label_dim", 0) else None), num,
-                             info.get("label_dim", 0), seed)
-        shape = tuple(info.get("shape") or (info["channels"], info["resolution"], info["resolution"]))
-        source = {"network": str(network), "epoch": info.get("epoch")}
-    x = sample(D, num, shape, labels=lab, sampler=sampler, steps=steps, sigma_min=sigma_min, sigma_max=sigma_max,
+        run = load_run(network, device=device)
+        D = run.denoiser
+        lab = resolve_labels(labels or ("random" if D.num_classes else None), num, D.num_classes, seed)
+        source = {"network": str(network), "epoch": run.epoch}
+    shape = D.shape
+    x = sample(D, num, labels=lab, sampler=sampler, steps=steps, sigma_min=sigma_min, sigma_max=sigma_max,
                rho=rho, s_churn=s_churn, seed=seed, batch_size=batch, device=device,
                progress=sys.stderr.isatty())
     images = to_uint8(x.numpy())

@@ -88,18 +88,14 @@ def count_parameters(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _int(name, value, lo):
     """An int >= lo from an int or a decimal string; InputError naming the flag otherwise."""
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{_flag(name)}: must be an integer, got {value!r}")
+        raise InputError(f"must be an integer, got {value!r}", param=name)
     if value < lo:
-        raise InputError(f"{_flag(name)}: must be >= {lo}, got {value}")
+        raise InputError(f"must be >= {lo}, got {value}", param=name)
     return value
 
 
@@ -114,10 +110,10 @@ def parse_int_tuple(name, value, lo, allow_empty=False) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
     if not isinstance(value, Sequence):
-        raise InputError(f"{_flag(name)}: must be a list of integers, got {value!r}")
+        raise InputError(f"must be a list of integers, got {value!r}", param=name)
     out = tuple(_int(name, v, lo) for v in value)
     if not out and not allow_empty:
-        raise InputError(f"{_flag(name)}: must not be empty")
+        raise InputError(f"must not be empty", param=name)
     return out
 
 
@@ -128,13 +124,13 @@ def _mask(value, n: int, channel_mult, blocks) -> tuple[int, ...]:
     try:
         items = list(value)
     except TypeError:
-        raise InputError(f"--skips: must be a sequence of 0/1, got {value!r}") from None
+        raise InputError(f"must be a sequence of 0/1, got {value!r}", param="skips") from None
     if any(v not in (0, 1, "0", "1") for v in items):
-        raise InputError(f"--skips: entries must be 0 or 1, got {value!r}")
+        raise InputError(f"entries must be 0 or 1, got {value!r}", param="skips")
     mask = tuple(int(v) for v in items)
     if len(mask) != n:
-        raise InputError(f"--skips: needs {n} entries (levels {len(channel_mult)} x (blocks {blocks} + 1)), "
-                         f"got {len(mask)}")
+        raise InputError(f"needs {n} entries (levels {len(channel_mult)} x (blocks {blocks} + 1)), "
+                         f"got {len(mask)}", param="skips")
     return mask
 
 
@@ -143,7 +139,7 @@ def _settings(arch, preset, knobs) -> dict:
     if arch is None and preset is not None and preset in PRESETS:
         arch = PRESETS[preset]["arch"]
     if arch not in ARCHS:
-        raise InputError(f"--arch: must be one of {', '.join(ARCHS)}, got {arch!r}")
+        raise InputError(f"must be one of {', '.join(ARCHS)}, got {arch!r}", param="arch")
     allowed = _KNOBS[arch]
     for name, value in knobs.items():
         if value is None:
@@ -151,16 +147,16 @@ def _settings(arch, preset, knobs) -> dict:
         if name not in allowed:
             where = [a for a, k in _KNOBS.items() if name in k]
             if where:
-                raise InputError(f"{_flag(name)}: not used by --arch {arch} (only by {', '.join(where)})")
-            raise InputError(f"{_flag(name)}: unknown network option")
+                raise InputError(f"not used by arch {arch} (only by {', '.join(where)})", param=name)
+            raise InputError(f"unknown network option", param=name)
     settings = dict(ARCH_DEFAULTS[arch])
     if preset is not None:
         if preset not in PRESETS:
-            raise InputError(f"--preset: must be one of {', '.join(PRESETS)}, got {preset!r}")
+            raise InputError(f"must be one of {', '.join(PRESETS)}, got {preset!r}", param="preset")
         values = {k: v for k, v in PRESETS[preset].items() if k != "arch"}
         bad = [k for k in values if k not in allowed]
         if bad:
-            raise InputError(f"--preset: {preset!r} is for --arch {PRESETS[preset]['arch']}, not {arch}")
+            raise InputError(f"{preset!r} is for arch {PRESETS[preset]['arch']}, not {arch}", param="preset")
         settings.update(values)
     explicit = {k for k, v in knobs.items() if v is not None}
     settings.update({k: v for k, v in knobs.items() if v is not None})
@@ -180,7 +176,7 @@ def build_network(arch: str, *, img_resolution: int, in_channels: int, label_dim
     label_dim = _int("label_dim", label_dim, 0)
     embed = s["embed"]
     if embed not in ("positional", "fourier"):
-        raise InputError(f"--embed: must be positional or fourier, got {embed!r}")
+        raise InputError(f"must be positional or fourier, got {embed!r}", param="embed")
 
     if arch == "mlp":
         if "dim" in s:
@@ -196,20 +192,20 @@ def build_network(arch: str, *, img_resolution: int, in_channels: int, label_dim
     channel_mult = parse_int_tuple("channel_mult", s["channel_mult"], 1)
     blocks = _int("blocks", s["blocks"], 1)
     if res % (1 << (len(channel_mult) - 1)):
-        raise InputError(f"--channel-mult: {len(channel_mult)} levels halve the resolution {len(channel_mult) - 1} "
-                         f"times, but {res} is not divisible by {1 << (len(channel_mult) - 1)}")
+        raise InputError(f"{len(channel_mult)} levels halve the resolution {len(channel_mult) - 1} "
+                         f"times, but {res} is not divisible by {1 << (len(channel_mult) - 1)}", param="channel_mult")
     resolutions = [res >> level for level in range(len(channel_mult))]
     attn = parse_int_tuple("attn", s["attn"], 1, allow_empty=True)
     if "attn" in s["explicit"]:
         missing = [r for r in attn if r not in resolutions]
         if missing:
-            raise InputError(f"--attn: {missing} not among this network's resolutions {resolutions}")
+            raise InputError(f"{missing} not among this network's resolutions {resolutions}", param="attn")
     try:
         dropout = float(s["dropout"])
     except (TypeError, ValueError):
-        raise InputError(f"--dropout: must be a number, got {s['dropout']!r}") from None
+        raise InputError(f"must be a number, got {s['dropout']!r}", param="dropout") from None
     if not 0.0 <= dropout < 1.0:
-        raise InputError(f"--dropout: must be in [0, 1), got {dropout}")
+        raise InputError(f"must be in [0, 1), got {dropout}", param="dropout")
     n = num_skips(channel_mult, blocks)
     skip_mask = _mask(s["skips"], n, channel_mult, blocks) if s.get("skips") is not None else None
 
@@ -218,7 +214,7 @@ def build_network(arch: str, *, img_resolution: int, in_channels: int, label_dim
                    dropout=dropout, embedding_type=embed, skip_mask=skip_mask, **_SONG_FIXED[arch])
     for module in net.modules():  # decoder inputs concatenate two widths; check those too
         if hasattr(module, "num_groups") and (module.num_groups < 1 or module.num_channels % module.num_groups):
-            raise InputError(f"--channels: {channels} with --channel-mult {channel_mult} gives a "
+            raise InputError(f"{channels} with channel_mult {channel_mult} gives a "
                              f"{module.num_channels}-channel layer that GroupNorm cannot split into "
-                             f"{module.num_groups} groups")
+                             f"{module.num_groups} groups", param="channels")
     return net

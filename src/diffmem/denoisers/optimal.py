@@ -47,6 +47,9 @@ class OptimalDenoiser:
         dtype: computation dtype (float64 by default: the ODE at small σ is sensitive).
     """
 
+    sigma_min = 0.0  # valid at every noise level (the Denoiser protocol)
+    sigma_max = math.inf
+
     def __init__(
         self,
         train,
@@ -72,7 +75,7 @@ class OptimalDenoiser:
         self.class_slice: dict[int, slice] = {}
         if conditional:
             if labels is None:
-                raise InputError("--train: the class-conditional optimum needs a labelled training set")
+                raise InputError("the class-conditional optimum needs a labelled training set", param="train")
             labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
             # Store the images grouped by class, so each class is a contiguous slice (a view).
             order = torch.argsort(labels, stable=True)
@@ -101,12 +104,12 @@ class OptimalDenoiser:
             out = self._denoise(flat, sigma, self.y, self.y_sq)
         else:
             if labels is None:
-                raise InputError("--labels: the class-conditional optimum needs a label for every sample")
+                raise InputError("the class-conditional optimum needs a label for every sample", param="labels")
             labels = torch.as_tensor(labels, device=self.device).reshape(-1)
             out = torch.empty_like(flat)
             for c in torch.unique(labels).tolist():
                 if c not in self.class_slice:
-                    raise InputError(f"--labels: class {c} has no training images")
+                    raise InputError(f"class {c} has no training images", param="labels")
                 rows, members = labels == c, self.class_slice[c]
                 out[rows] = self._denoise(flat[rows], sigma[rows], self.y[members], self.y_sq[members])
         return out.reshape(x.shape).to(in_dtype)
@@ -148,10 +151,10 @@ def _parse_regularizer(regularize) -> tuple[str | None, float]:
         return None, 0.0
     kind, value = regularize
     if kind not in ("tikhonov", "eb"):
-        raise InputError(f"--regularize: unknown regularizer {kind!r} (use tikhonov:C or eb:TAU)")
+        raise InputError(f"unknown regularizer {kind!r} (use tikhonov:C or eb:TAU)", param="regularize")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (kind == "eb" and value == 0):
-        raise InputError(f"--regularize: {kind} strength must be {'> 0' if kind == 'eb' else '>= 0'}, got {value}")
+        raise InputError(f"{kind} strength must be {'> 0' if kind == 'eb' else '>= 0'}, got {value}", param="regularize")
     return kind, value
 
 
@@ -163,7 +166,7 @@ def parse_regularize_flag(text: str | None) -> tuple[str, float] | None:
     try:
         parsed = (kind.lower(), float(value))
     except ValueError:
-        raise InputError(f"--regularize: expected tikhonov:C or eb:TAU, got {text!r}") from None
+        raise InputError(f"expected tikhonov:C or eb:TAU, got {text!r}", param="regularize") from None
     if not sep:
-        raise InputError(f"--regularize: expected tikhonov:C or eb:TAU, got {text!r}")
+        raise InputError(f"expected tikhonov:C or eb:TAU, got {text!r}", param="regularize")
     return _parse_regularizer(parsed)

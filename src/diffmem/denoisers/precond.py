@@ -11,6 +11,8 @@ Both compute in float32 and return float32 whatever dtype the network runs in (a
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from diffmem.denoisers.networks import one_hot
@@ -25,23 +27,24 @@ def _sigma_like(sigma, x: torch.Tensor) -> torch.Tensor:
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def _class_labels(labels, n: int, label_dim: int, device) -> torch.Tensor | None:
-    """int64 class indices (N,) → float one-hot (N, label_dim) for the net; None if unconditional."""
+def _class_labels(labels, n: int, num_classes: int, device) -> torch.Tensor | None:
+    """int64 class indices (N,) → float one-hot (N, num_classes) for the net; None if unconditional."""
     if labels is None:
-        if label_dim:
-            raise InputError(f"labels: this network is class-conditional ({label_dim} classes); labels are required")
+        if num_classes:
+            raise InputError(f"this network is class-conditional ({num_classes} classes); labels are required",
+                             param="labels")
         return None
-    if not label_dim:
-        raise InputError("labels: this network is unconditional; it takes no labels")
+    if not num_classes:
+        raise InputError("this network is unconditional; it takes no labels", param="labels")
     labels = torch.as_tensor(labels, device=device).reshape(-1)
     if labels.numel() == 1 and n > 1:
         labels = labels.expand(n)
     if labels.numel() != n:
-        raise InputError(f"labels: {labels.numel()} labels for {n} inputs")
+        raise InputError(f"{labels.numel()} labels for {n} inputs", param="labels")
     try:
-        return one_hot(labels, label_dim)
+        return one_hot(labels, num_classes)
     except ValueError as err:
-        raise InputError(f"labels: {err}") from None
+        raise InputError(str(err), param="labels") from None
 
 
 def vp_sigma(t, beta_d: float = 19.9, beta_min: float = 0.1):
@@ -61,10 +64,16 @@ def vp_sigma_inv(sigma, beta_d: float = 19.9, beta_min: float = 0.1):
 class _Precond(torch.nn.Module):
     """Shared plumbing: hold the raw network, convert labels, apply the coefficients."""
 
-    def __init__(self, net: torch.nn.Module, label_dim: int | None = None):
+    sigma_min = 0.0  # the noise range the denoiser is valid on (the Denoiser protocol)
+    sigma_max = math.inf
+
+    def __init__(self, net: torch.nn.Module, *, shape=None, num_classes: int | None = None):
         super().__init__()
         self.net = net
-        self.label_dim = int(getattr(net, "label_dim", 0) if label_dim is None else label_dim)
+        # (C, H, W) of the images; None when the raw network does not fix it (then give it to sample()).
+        self.shape = None if shape is None else tuple(int(s) for s in shape)
+        # The raw networks keep EDM's name for it (label_dim).
+        self.num_classes = int(net.label_dim if num_classes is None else num_classes)
 
     def coefficients(self, sigma: torch.Tensor):
         raise NotImplementedError
@@ -72,7 +81,7 @@ class _Precond(torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma, labels=None) -> torch.Tensor:
         x = x.to(torch.float32)
         sigma = _sigma_like(sigma, x)
-        class_labels = _class_labels(labels, x.shape[0], self.label_dim, x.device)
+        class_labels = _class_labels(labels, x.shape[0], self.num_classes, x.device)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         F_x = self.net(c_in * x, c_noise.flatten(), class_labels)
         return c_skip * x + c_out * F_x.to(torch.float32)
@@ -81,8 +90,8 @@ class _Precond(torch.nn.Module):
 class EDMPrecond(_Precond):
     """EDM preconditioning with data standard deviation ``sigma_data``."""
 
-    def __init__(self, net: torch.nn.Module, sigma_data: float = 0.5, label_dim: int | None = None):
-        super().__init__(net, label_dim)
+    def __init__(self, net: torch.nn.Module, sigma_data: float = 0.5, *, shape=None, num_classes: int | None = None):
+        super().__init__(net, shape=shape, num_classes=num_classes)
         self.sigma_data = float(sigma_data)
 
     def coefficients(self, sigma: torch.Tensor):
@@ -98,8 +107,8 @@ class VPPrecond(_Precond):
     """Variance-preserving (DDPM++) preconditioning of Song et al. 2021 in EDM's form."""
 
     def __init__(self, net: torch.nn.Module, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000,
-                 epsilon_t: float = 1e-5, label_dim: int | None = None):
-        super().__init__(net, label_dim)
+                 epsilon_t: float = 1e-5, *, shape=None, num_classes: int | None = None):
+        super().__init__(net, shape=shape, num_classes=num_classes)
         self.beta_d = float(beta_d)
         self.beta_min = float(beta_min)
         self.M = int(M)

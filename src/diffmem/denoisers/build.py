@@ -1,0 +1,21 @@
+"""The network recipe: a :class:`~diffmem.config.TrainConfig` (and the data's shape) → a
+preconditioned denoiser with fresh weights, or with the weights of a snapshot."""
+
+from __future__ import annotations
+
+import torch
+
+from diffmem.config import NETWORK_FIELDS, TrainConfig
+from diffmem.denoisers.networks import build_network
+from diffmem.denoisers.precond import PRECONDS
+
+
+def build_denoiser(config: TrainConfig, *, resolution: int, in_channels: int, num_classes: int = 0) -> torch.nn.Module:
+    """The preconditioned network ``config`` describes for images of shape (in_channels, resolution,
+    resolution) and ``num_classes`` classes (0 = unconditional), with freshly initialized weights
+    (seed them with ``torch.manual_seed`` first for reproducible initial weights)."""
+    knobs = {k: getattr(config, k) for k in NETWORK_FIELDS if k not in ("arch", "preset")}
+    net = build_network(config.arch, preset=config.preset,
+                        img_resolution=resolution, in_channels=in_channels, label_dim=num_classes,
+                        **{k: v for k, v in knobs.items() if v is not None})
+    return PRECONDS[config.precond](net, shape=(in_channels, resolution, resolution), num_classes=num_classes)
