@@ -257,3 +257,41 @@ def test_memorization_rises_on_16_digits(digits16, tmp_path, one_thread):
     assert summary["max_memorization_ratio"] == max(r["ratio"] for r in curve) >= 0.9
     lo, hi = curve[-1]["ci95"]
     assert lo <= curve[-1]["ratio"] <= hi
+
+
+def test_ema_update_moves_the_average_a_step_toward_the_net():
+    """θ_ema ← β·θ_ema + (1-β)·θ_net: with β = 0.9 an EMA at 1 and a net at 0 give 0.9 (not 0.1)."""
+    from diffmem.schedules import update_ema
+
+    ema, net = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.fill_(1.0)
+        for p in net.parameters():
+            p.fill_(0.0)
+    update_ema(ema, net, 0.9)
+    assert all(torch.allclose(p, torch.full_like(p, 0.9)) for p in ema.parameters())
+    assert all((p == 0).all() for p in net.parameters())
+    update_ema(ema, net, 0.0)  # β = 0: the EMA is the net
+    assert all((p == 0).all() for p in ema.parameters())
+
+
+def test_train_from_python_with_an_image_set(digits, tmp_path, one_thread):
+    """The library entry point takes an in-memory ImageSet; the record names its source and hash."""
+    import diffmem
+
+    subset = diffmem.class_balanced_subset(digits, 10)
+    config = diffmem.TrainConfig(preset="tiny", channels=8, precond="edm", steps=3, batch=5, ema_rate=0.0)
+    summary = diffmem.train(config, subset, tmp_path / "run")
+    assert summary["steps"] == 3 and summary["num_images"] == 10
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert record["num_classes"] == 10 and len(record["data_sha256"]) == 64
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    final = load_file(tmp_path / "run" / "snapshot-epoch000001.safetensors")
+    assert all(torch.equal(final[k], state["net"][k]) for k in final)  # EMA rate 0: the EMA is the net
+    with pytest.raises(InputError) as err:
+        diffmem.TrainConfig(preset="tiny", steps=3, lr=float("nan"))
+    assert err.value.param == "lr"
+    with pytest.raises(InputError) as err:
+        diffmem.train(config.replace(lr=1e-3), subset, tmp_path / "run", resume=True)
+    assert err.value.param == "lr"

@@ -175,7 +175,7 @@ def sample(denoiser, num: int, shape: tuple | None = None, *, labels=None, sampl
     if sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler!r} (use one of {', '.join(SAMPLERS)})", param="sampler")
     num = check_number("num", num, lo=1, integer=True)
-    batch_size = check_number("batch", batch_size, lo=1, integer=True)
+    batch_size = check_number("batch_size", batch_size, lo=1, integer=True)
     seed = check_seed(seed)
     _check_memory(num, shape)
     sigma_min = check_number("sigma_min", sigma_min, lo=0, lo_open=True)

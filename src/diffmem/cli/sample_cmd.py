@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ from diffmem.data.io import load_image_set, save_npz, write_dataset_zip, write_p
 from diffmem.denoisers.optimal import OptimalDenoiser, parse_regularize_flag
 from diffmem.errors import InputError
 from diffmem.rng import LABELS, check_seed, numpy_rng
-from diffmem.sampling import SAMPLERS, sample
+from diffmem.sampling import SAMPLERS, SDE_DEFAULTS, sample
+
+_DEFAULTS = {name: p.default for name, p in inspect.signature(sample).parameters.items()}  # the library's
 
 
 def resolve_labels(spec: str | None, num: int, num_classes: int, seed: int) -> np.ndarray | None:
@@ -70,16 +73,17 @@ def _check_out(path: str) -> None:
 @click.option("--network", default=None, help="A training run folder, or one snapshot file in it.")
 @click.option("--num", type=int, required=True, help="Number of images.")
 @click.option("--out", "out_path", required=True, help="Output: a PNG folder, an .npz or an EDM .zip.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="heun", show_default=True)
-@click.option("--steps", type=int, default=18, show_default=True)
-@click.option("--sigma-min", type=float, default=0.002, show_default=True)
-@click.option("--sigma-max", type=float, default=80.0, show_default=True)
-@click.option("--rho", type=float, default=7.0, show_default=True)
-@click.option("--s-churn", type=float, default=None, help="Stochasticity of the sde sampler (default 40).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sample i uses the stream (seed, i).")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=_DEFAULTS["sampler"], show_default=True)
+@click.option("--steps", type=int, default=_DEFAULTS["steps"], show_default=True)
+@click.option("--sigma-min", type=float, default=_DEFAULTS["sigma_min"], show_default=True)
+@click.option("--sigma-max", type=float, default=_DEFAULTS["sigma_max"], show_default=True)
+@click.option("--rho", type=float, default=_DEFAULTS["rho"], show_default=True)
+@click.option("--s-churn", type=float, default=None,
+              help=f"Stochasticity of the sde sampler (default {SDE_DEFAULTS['s_churn']:g}).")
+@click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Sample i uses the stream (seed, i).")
 @click.option("--labels", default=None, help="none | random | K | k1,k2,... (class-conditional sampling).")
 @click.option("--regularize", default=None, help="tikhonov:C or eb:TAU (with --optimal).")
-@click.option("--batch", type=int, default=256, show_default=True)
+@click.option("--batch", type=int, default=_DEFAULTS["batch_size"], show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigma_min, sigma_max, rho, s_churn,
                seed, labels, regularize, batch, device):
