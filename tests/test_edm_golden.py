@@ -12,8 +12,8 @@ where ``/tmp/edm_golden.py`` is this script (kept here, not as a file)::
     import sys, torch
     sys.path.insert(0, '.')  # run in the scratch export of NVlabs/edm
     from training.networks import SongUNet
-    COMMON = dict(img_resolution=16, in_channels=3, out_channels=3, model_channels=16, channel_mult=[1, 2, 2],
-                  num_blocks=1, attn_resolutions=[8], dropout=0.0)
+    COMMON = dict(img_resolution=16, in_channels=3, out_channels=3, model_channels=16,
+                  channel_mult=[1, 2, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
     CONFIGS = dict(
         ddpmpp=dict(COMMON, label_dim=4, embedding_type='positional', channel_mult_noise=1,
                     encoder_type='standard', decoder_type='standard', resample_filter=[1, 1]),
@@ -25,13 +25,16 @@ where ``/tmp/edm_golden.py`` is this script (kept here, not as a file)::
     x = (torch.sin(0.37 * i) + 0.5 * torch.cos(1.3 * i + 0.2)).reshape(N, 3, 16, 16)
     noise = torch.linspace(-1.5, 1.0, N, dtype=torch.float64)
     for name, kw in CONFIGS.items():
-        labels = torch.eye(kw['label_dim'], dtype=torch.float64)[torch.arange(N) % kw['label_dim']] if kw['label_dim'] else None
+        ld = kw['label_dim']
+        labels = torch.eye(ld, dtype=torch.float64)[torch.arange(N) % ld] if ld else None
         torch.manual_seed(7)
         net = SongUNet(**kw).double().eval()
         sd = net.state_dict()
         init = [len(sd), sum(p.numel() for p in net.parameters()),
-                sum(v.sum() for v in sd.values()).item(), sum(v.square().sum() for v in sd.values()).item(),
-                sum((v.flatten() * torch.arange(v.numel(), dtype=torch.float64).sin()).sum() for v in sd.values()).item()]
+                sum(v.sum() for v in sd.values()).item(),
+                sum(v.square().sum() for v in sd.values()).item(),
+                sum((v.flatten() * torch.arange(v.numel(), dtype=torch.float64).sin()).sum()
+                    for v in sd.values()).item()]
         rows = {}
         for phase in ('init', 'perturbed'):
             if phase == 'perturbed':
@@ -62,14 +65,14 @@ import torch
 from diffmem.denoisers.networks import build_network, count_parameters
 
 GOLDEN = {
-    'ddpmpp': dict(state=[210, 317779, 1151.1470061881769, 2604.684631543512, -17.189167749096857],
+    "ddpmpp": dict(state=[210, 317779, 1151.1470061881769, 2604.684631543512, -17.189167749096857],
         init=[0.0012146713696999133, 9.848969426040313e-08, -5.64736524393528e-06, -2.367458062089074e-06,
               -1.014607285627638e-05, 1.1370384489172256e-05, -3.965907683698074e-06, 3.888824763155872e-06,
               -6.3213398947141665e-06, 7.789950715576739e-06],
         perturbed=[-161.77226900396144, 100.75849659151237, 0.12284506035272445, -0.17466734493695474,
                    0.04133937798950777, -0.08510999595447573, -0.0781044705095307, -0.0060784121947349175,
                    0.33453939191267956, -0.0025274232349196506]),
-    'ncsnpp': dict(state=[215, 323811, 1138.2485549436472, 5279.794173311221, 67.71403051312281],
+    "ncsnpp": dict(state=[215, 323811, 1138.2485549436472, 5279.794173311221, 67.71403051312281],
         init=[0.00027894534325537335, 5.4592388193294905e-08, 8.757180273652182e-07, 3.1688645014534563e-06,
               1.028284871933601e-06, -5.455499738864219e-06, -1.6204666407653714e-06, 4.103229417986055e-06,
               -2.9622849631022074e-06, -1.9450697233133384e-06],

@@ -264,13 +264,33 @@ def test_eval_is_deterministic_and_train_applies_dropout():
 
 # --- The fast paths equal EDM's definitions (independent formulas) ------------------------------
 
+def _resampler(c, **kwargs):
+    """A 1x1 Conv2d with identity weight and zero bias: only its resampling remains."""
+    conv = Conv2d(c, c, 1, **kwargs)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(c).reshape(c, c, 1, 1))
+        conv.bias.zero_()
+    return conv
+
+
 def test_box_resampling_equals_depthwise_filter():
     x = torch.randn(2, 3, 8, 8)
     f = torch.full((3, 1, 2, 2), 0.25)  # outer([1,1]) / 4 per channel
-    down = Conv2d(3, 3, 0, down=True, resample_filter=(1, 1))
-    up = Conv2d(3, 3, 0, up=True, resample_filter=(1, 1))
+    down = _resampler(3, down=True, resample_filter=(1, 1))
+    up = _resampler(3, up=True, resample_filter=(1, 1))
     torch.testing.assert_close(down(x), F.conv2d(x, f, groups=3, stride=2))
     torch.testing.assert_close(up(x), F.conv_transpose2d(x, 4 * f, groups=3, stride=2))
+
+
+def test_fir_resampling_equals_depthwise_filter():
+    """EDM's [1,3,3,1] resampling: depthwise (transposed) conv with outer(f, f)/64, padding 1."""
+    x = torch.randn(2, 3, 8, 8)
+    f1 = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    f = (torch.outer(f1, f1) / 64).expand(3, 1, 4, 4)
+    down = _resampler(3, down=True, resample_filter=(1, 3, 3, 1))
+    up = _resampler(3, up=True, resample_filter=(1, 3, 3, 1))
+    torch.testing.assert_close(down(x), F.conv2d(x, f, groups=3, stride=2, padding=1))
+    torch.testing.assert_close(up(x), F.conv_transpose2d(x, 4 * f, groups=3, stride=2, padding=1))
 
 
 def test_upsampling_1x1_projection_order():
@@ -283,8 +303,8 @@ def test_upsampling_1x1_projection_order():
 
 def test_fir_resampling_shapes_and_gain():
     x = torch.ones(1, 2, 8, 8)
-    down = Conv2d(2, 2, 0, down=True, resample_filter=(1, 3, 3, 1))
-    up = Conv2d(2, 2, 0, up=True, resample_filter=(1, 3, 3, 1))
+    down = _resampler(2, down=True, resample_filter=(1, 3, 3, 1))
+    up = _resampler(2, up=True, resample_filter=(1, 3, 3, 1))
     assert down(x).shape == (1, 2, 4, 4) and up(x).shape == (1, 2, 16, 16)
     torch.testing.assert_close(down(x)[..., 1:-1, 1:-1], torch.ones(1, 2, 2, 2))  # unit DC gain inside
     torch.testing.assert_close(up(x)[..., 2:-2, 2:-2], torch.ones(1, 2, 12, 12))
@@ -318,6 +338,18 @@ def test_scalar_noise_label_broadcasts():
     net = _perturbed(build_network("ddpmpp", img_resolution=8, in_channels=1, preset="tiny"))
     x, _, _ = _inputs(3, 1, 8)
     torch.testing.assert_close(net(x, torch.tensor(0.2)), net(x, torch.full((3,), 0.2)))
+
+
+def test_features_no_architecture_uses_are_refused():
+    kw = dict(img_resolution=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=(1, 2), num_blocks=1)
+    with pytest.raises(ValueError, match="decoder_type"):
+        SongUNet(decoder_type="skip", **kw)
+    with pytest.raises(ValueError, match="encoder_type"):
+        SongUNet(encoder_type="skip", **kw)
+    with pytest.raises(TypeError):
+        SongUNet(augment_dim=9, **kw)
+    with pytest.raises(ValueError, match="init_mode"):
+        Conv2d(2, 2, 3, init_mode="kaiming_normal")
 
 
 def test_config_rebuilds_network():
