@@ -10,7 +10,7 @@ from diffmem.data.sources import load_source
 from diffmem.data.subsets import class_balanced_subset
 from diffmem.denoisers.optimal import OptimalDenoiser, parse_regularize_flag
 from diffmem.errors import InputError
-from diffmem.metrics.memorization import audit
+from diffmem.metrics.memorization import memorization
 from diffmem.sampling import sample
 
 
@@ -82,7 +82,7 @@ def test_conditional_optimum_uses_only_the_class():
     for i in range(9):
         members = y[labels == lab[i]]
         np.testing.assert_allclose(out[i], direct(x[i : i + 1], sigma[i : i + 1], members)[0][0], atol=1e-10)
-    with pytest.raises(InputError, match="--labels"):
+    with pytest.raises(InputError, match="^labels:"):
         D(torch.from_numpy(x), torch.from_numpy(sigma), None)
 
 
@@ -90,14 +90,14 @@ def test_conditional_optimum_uses_only_the_class():
 def test_optimum_sampler_memorizes_digits(size):
     train = class_balanced_subset(load_source("digits"), size, exact=False)
     gen = sample(OptimalDenoiser(train), 200, train.shape, seed=1)
-    assert audit(train, to_uint8(gen.numpy())).ratio >= 0.99
+    assert memorization(train, to_uint8(gen.numpy())).ratio >= 0.99
 
 
 def test_conditional_optimum_samples_the_requested_class():
     train = class_balanced_subset(load_source("digits"), 100)
     labels = np.arange(50) % 10
     gen = sample(OptimalDenoiser(train, conditional=True), 50, train.shape, labels=labels, seed=2)
-    result = audit(train, to_uint8(gen.numpy()))
+    result = memorization(train, to_uint8(gen.numpy()))
     assert result.ratio >= 0.99
     np.testing.assert_array_equal(train.labels[result.idx1], labels)
 
@@ -107,5 +107,5 @@ def test_parse_regularize_flag():
     assert parse_regularize_flag("eb:1e-5") == ("eb", 1e-5)
     assert parse_regularize_flag(None) is None
     for bad in ["tikhonov", "foo:1", "eb:0", "tikhonov:-1", "eb:x"]:
-        with pytest.raises(InputError, match="--regularize"):
+        with pytest.raises(InputError, match="^regularize:"):
             parse_regularize_flag(bad)

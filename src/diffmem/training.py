@@ -43,10 +43,11 @@ from diffmem.denoisers.dropout import global_batch_dropout
 from diffmem.denoisers.networks import count_parameters
 from diffmem.errors import InputError
 from diffmem.losses import LOSSES
-from diffmem.rng import DROPOUT, INIT, NOISE, TRACK, derive_seed, generator
+from diffmem.rng import DROPOUT, INIT, NOISE, derive_seed, generator
 from diffmem.runs import (CONFIG_FILE, STATE_FILE, STATS_FILE, TRACK_FILE, append_jsonl, load_state, read_record,
                           save_snapshot, save_state, snapshot_name, truncate_jsonl, write_record, write_summary)
 from diffmem.schedules import ema_beta, global_batch_indices, learning_rate, update_ema
+from diffmem.tracking import track_memorization
 
 
 class TrainingDiverged(RuntimeError):
@@ -402,19 +403,3 @@ def _save_state(loop: _Loop) -> None:
             step=loop.step, loss_acc=loop.loss_acc.cpu(), steps_acc=loop.steps_acc))
     loop.last_saved = loop.step
     _barrier(loop.world_size)
-
-
-def track_memorization(D, data: ImageSet, record: dict, device) -> dict:
-    """Sample ``track_samples`` images with the EMA denoiser (Heun, 18 steps; labels cycled over the
-    training labels), quantize them to uint8 as PNGs would be (seed 001) and measure their
-    memorization ratio against the training set."""
-    from diffmem.data.imageset import to_uint8
-    from diffmem.metrics.memorization import memorization
-    from diffmem.sampling import sample
-
-    num = record["track_samples"]
-    labels = torch.from_numpy(data.labels[np.arange(num) % len(data)]) if record["num_classes"] else None
-    generated = sample(D, num, labels=labels, sampler="heun", steps=18, seed=derive_seed(record["seed"], TRACK),
-                       device=device)
-    result = memorization(data, to_uint8(generated.numpy()), device=str(device))
-    return dict(ratio=result.ratio, ci95=[result.ci95[0], result.ci95[1]], stderr=result.stderr, n_generated=num)

@@ -1,0 +1,28 @@
+"""Memorization measured while a model trains: sample the EMA network, quantize, measure.
+
+Seed 001 generates images at each snapshot, saves them as PNG (uint8) and reports the highest ratio
+over a run's snapshots; :func:`track_memorization` does the same in memory, with the samples'
+random streams fixed by the run's seed, so every measurement of a run uses the same latents.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffmem.data.imageset import ImageSet, to_uint8
+from diffmem.metrics.memorization import memorization
+from diffmem.rng import TRACK, derive_seed
+from diffmem.sampling import sample
+
+
+def track_memorization(D, data: ImageSet, record: dict, device) -> dict:
+    """Sample ``track_samples`` images with the EMA denoiser (Heun, 18 steps; labels cycled over the
+    training labels), quantize them to uint8 as PNGs would be (seed 001) and measure their
+    memorization ratio against the training set."""
+    num = record["track_samples"]
+    labels = torch.from_numpy(data.labels[np.arange(num) % len(data)]) if record["num_classes"] else None
+    generated = sample(D, num, labels=labels, sampler="heun", steps=18, seed=derive_seed(record["seed"], TRACK),
+                       device=device)
+    result = memorization(data, to_uint8(generated.numpy()), device=str(device))
+    return dict(ratio=result.ratio, ci95=[result.ci95[0], result.ci95[1]], stderr=result.stderr, n_generated=num)
