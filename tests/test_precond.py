@@ -85,6 +85,10 @@ def test_scalar_sigma_and_flat_inputs():
     b = D(x, torch.full((5,), 0.7))
     assert a.shape == (5, 3)
     torch.testing.assert_close(a, b)
+    s, sd, xn = 0.7, 0.5, x.numpy().astype(np.float64)  # the EDM formulas at σ = 0.7, σd = 0.5
+    c_skip, c_out, c_in, c_noise = sd**2 / (s**2 + sd**2), s * sd / np.hypot(s, sd), 1 / np.hypot(s, sd), np.log(s) / 4
+    np.testing.assert_allclose(probe.seen["noise"].numpy(), np.full(5, c_noise), rtol=1e-6)
+    np.testing.assert_allclose(a.numpy(), c_skip * xn + c_out * (np.tanh(c_in * xn) + c_noise), rtol=1e-5, atol=1e-6)
 
 
 def test_labels_become_one_hot_and_are_checked():
@@ -101,12 +105,36 @@ def test_labels_become_one_hot_and_are_checked():
         EDMPrecond(Probe())(x, 1.0, torch.tensor([0, 1, 1, 0]))
 
 
-def test_real_network_through_precond():
-    net = build_network("ddpmpp", img_resolution=8, in_channels=1, label_dim=2, preset="tiny", channels=8)
-    D = EDMPrecond(net)
+def _coefficients_np(kind, s):
+    """(c_skip, c_out, c_in, c_noise) from the module docstring's formulas, in float64."""
+    if kind == "edm":
+        sd = 0.5
+        return sd**2 / (s**2 + sd**2), s * sd / np.sqrt(s**2 + sd**2), 1 / np.sqrt(s**2 + sd**2), np.log(s) / 4
+    t = (np.sqrt(0.1**2 + 2 * 19.9 * np.log1p(s**2)) - 0.1) / 19.9
+    return np.ones_like(s), -s, 1 / np.sqrt(s**2 + 1), 999 * t
+
+
+@pytest.mark.parametrize("kind", ["edm", "vp"])
+def test_real_network_through_precond(kind):
+    """D(x; σ, c) = c_skip·x + c_out·F(c_in·x; c_noise, one_hot(c)) with a real (perturbed) U-Net."""
+    torch.manual_seed(0)
+    net = build_network("ddpmpp", img_resolution=8, in_channels=1, label_dim=2, preset="tiny", channels=8).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # move the near-zero output layers away from zero so F matters
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    D = {"edm": EDMPrecond, "vp": VPPrecond}[kind](net)
     x = _x(4, shape=(3, 1, 8, 8))
-    out = D(x, torch.tensor([0.1, 1.0, 10.0]), torch.tensor([0, 1, 0]))
-    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    sigmas = np.array([0.1, 1.0, 10.0])
+    with torch.no_grad():
+        out = D(x, torch.tensor(sigmas, dtype=torch.float32), torch.tensor([0, 1, 0]))
+        c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1, 1) for c in _coefficients_np(kind, sigmas))
+        xn = x.numpy().astype(np.float64)
+        F = net(torch.from_numpy(c_in * xn).float(), torch.from_numpy(c_noise.ravel()).float(),
+                torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])).double().numpy()
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert np.abs(c_out * F).max() > 0.05  # the network's part is not negligible
+    np.testing.assert_allclose(out.numpy(), c_skip * xn + c_out * F, rtol=1e-4, atol=1e-4)
 
 
 def test_edm_loss_weighting():
