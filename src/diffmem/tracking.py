@@ -16,11 +16,12 @@ from diffmem.rng import TRACK, derive_seed
 from diffmem.sampling import sample
 
 
-def track_memorization(D, data: ImageSet, record: dict, device) -> dict:
-    """Sample ``track_samples`` images with the EMA denoiser (Heun, 18 steps; labels cycled over the
-    training labels), quantize them to uint8 as PNGs would be (seed 001) and measure their
-    memorization ratio against the training set."""
-    num = record["track_samples"]
+def track_memorization(D, data: ImageSet, record: dict, device, num: int | None = None) -> dict:
+    """Sample ``num`` (default ``track_samples``) images with the EMA denoiser (Heun, 18 steps;
+    labels cycled over the training labels), quantize them to uint8 as PNGs would be (seed 001)
+    and measure their memorization ratio against the training set. Sample ``i`` always starts
+    from the same latent, so a larger ``num`` extends a smaller one."""
+    num = record["track_samples"] if num is None else num
     labels = torch.from_numpy(data.labels[np.arange(num) % len(data)]) if record["num_classes"] else None
     generated = sample(D, num, labels=labels, sampler="heun", steps=18, seed=derive_seed(record["seed"], TRACK),
                        device=device)

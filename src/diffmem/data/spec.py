@@ -1,0 +1,90 @@
+"""A training set described by its recipe: source, nested class-balanced size, resolution, labels.
+
+    make_dataset(DataSpec(source="digits", size=64, labels="none"))
+
+is what ``diffmem data --source digits --size 64 --labels none`` writes, and what sweeps and EMM
+runs train on: the first ``size/K`` images of each of the first K classes (so a smaller set is a
+subset of a larger one), resized, then relabelled (``none | true | random:C | unique``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from diffmem.data.imageset import ImageSet
+from diffmem.data.sources import load_source
+from diffmem.data.subsets import assign_labels, class_balanced_subset, parse_label_mode, resize, select_classes, take
+from diffmem.errors import InputError, check_number
+from diffmem.rng import check_seed
+
+MIN_RESOLUTION, MAX_RESOLUTION = 4, 256
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to build a training set; validated on construction (errors name the field)."""
+
+    source: str = "digits"  # a built-in source (digits, mnist, fashion-mnist, cifar10) or a file/folder
+    size: int | None = None  # nested class-balanced subset of this many images (None: all)
+    resolution: int | None = None  # square output size in pixels (None: the source's)
+    labels: str | None = None  # none | true | random:C | unique (None: true if the source has labels)
+    classes: int | None = None  # only the first K classes (then size must divide by K)
+    seed: int = 0  # seed of random labels
+    split: str = "train"  # train | test
+    root: str | None = None  # where a source's files are (cifar10 archive, idx folder)
+
+    def __post_init__(self):
+        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise InputError(f"must name a source or a path, got {self.source!r}", param="source")
+        if self.size is not None:
+            fix("size", check_number("size", self.size, lo=1, integer=True))
+        if self.classes is not None:
+            fix("classes", check_number("classes", self.classes, lo=1, integer=True))
+        if self.size is not None and self.classes is not None and self.size % self.classes:
+            raise InputError(f"{self.size} is not divisible by classes {self.classes}", param="size")
+        if self.resolution is not None:
+            fix("resolution", check_number("resolution", self.resolution, lo=MIN_RESOLUTION, hi=MAX_RESOLUTION,
+                                           integer=True))
+        if self.labels is not None:
+            parse_label_mode(self.labels)
+        fix("seed", check_seed(self.seed))
+        if self.split not in ("train", "test"):
+            raise InputError(f"expected train or test, got {self.split!r}", param="split")
+
+    def replace(self, **changes) -> DataSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_dataset(spec: DataSpec) -> ImageSet:
+    """The training set ``spec`` describes (its ``source`` names the recipe, e.g. ``digits[size=64]``)."""
+    data = load_source(spec.source, split=spec.split, root=spec.root)
+    data = _subset(data, spec.size, spec.classes)
+    if spec.resolution is not None:
+        data = resize(data, spec.resolution)
+    mode = spec.labels or ("none" if data.labels is None else "true")
+    labels = assign_labels(data.labels, mode, spec.seed, n=len(data))
+    name = spec.source if not Path(spec.source).exists() else str(Path(spec.source).resolve())
+    recipe = ",".join(f"{k}={v}" for k, v in spec.to_dict().items() if k != "source" and v is not None)
+    return ImageSet(data.images, labels, source=f"{name}[{recipe}]")
+
+
+def _subset(data: ImageSet, size: int | None, classes: int | None) -> ImageSet:
+    """The nested class-balanced subset, or the first ``size`` images of an unlabeled source."""
+    if size is not None:
+        if data.labels is None and classes is None:
+            if size > len(data):
+                raise InputError(f"the source has only {len(data)} images, asked for {size}", param="size")
+            return take(data, np.arange(size))
+        # exact balance when classes is given; otherwise remainders go to the first classes
+        return class_balanced_subset(data, size, classes, exact=classes is not None)
+    if classes is not None:
+        return select_classes(data, classes)
+    return data
