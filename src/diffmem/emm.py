@@ -148,7 +148,8 @@ def _straddles(p: SizePoint, thr: float) -> bool:
 def adaptive_search(measure: Callable[[int], SizePoint], *, min_size: int, max_size: int, epsilon: float = 0.1,
                     factor: float = 2.0, resolution: float = 1.25, remeasure=None, max_samples: int = 0,
                     log=None) -> EMMEstimate:
-    """Bracket EMM_ε by climbing from ``min_size`` by ``factor``, then narrow the bracket in log |D|
+    """Bracket EMM_ε by climbing from ``min_size`` by ``factor`` until a size's whole CI lies below
+    ``1 - ε`` (so the interval closes too), then narrow the bracket in log |D|
     (interpolated, kept inside the bracket's middle half) until its sizes differ by at most a factor
     ``resolution``. A ratio whose CI straddles ``1 - ε`` is re-measured with twice the samples (up to
     ``max_samples``) through ``remeasure``, which costs sampling, not training."""
@@ -170,7 +171,7 @@ def adaptive_search(measure: Callable[[int], SizePoint], *, min_size: int, max_s
         return points[size]
 
     size = min_size
-    while at(size).ratio >= thr and size < max_size:  # climb until the ratio falls below 1 - ε
+    while at(size).ci95[1] >= thr and size < max_size:  # climb until even the CI is below 1 - ε
         size = min(max_size, max(size + 1, round(size * factor)))
     while True:
         est = estimate_emm(list(points.values()), epsilon)
