@@ -15,7 +15,7 @@ def diffmem(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "diffmem", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_data_sample_audit_pipeline(tmp_path):
+def test_data_sample_memorization_pipeline(tmp_path):
     """The check from the issue, through the installed console entry point."""
     r = diffmem("data", "--source", "digits", "--size", "64", "--out", str(tmp_path / "d64.zip"))
     assert r.returncode == 0, r.stderr

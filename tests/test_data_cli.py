@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from diffmem.data import class_balanced_indices, load_image_set, resize
+from diffmem.rng import LABELS, numpy_rng
 
 
 def test_digits_64_end_to_end(run_cli, digits, tmp_path):
@@ -31,7 +32,7 @@ def test_classes_resolution_random_labels(run_cli, digits, tmp_path):
     back = load_image_set(out)
     idx = class_balanced_indices(digits.labels, 32, classes=4)
     np.testing.assert_array_equal(back.images, resize(digits, 16).images[idx])
-    np.testing.assert_array_equal(back.labels, np.random.default_rng(3).integers(0, 5, size=32))
+    np.testing.assert_array_equal(back.labels, numpy_rng(3, LABELS).integers(0, 5, size=32))
 
 
 def test_whole_source_unique_labels_and_overwrite(run_cli, digits, tmp_path):
@@ -85,7 +86,7 @@ def test_bad_flags(run_cli, tmp_path, args, flag):
 
 @pytest.mark.parametrize(
     "source, flag",
-    [("imagenet", "--source imagenet"), ("cifar10", "--root"), ("gaussian-mixture:2", "--source")],
+    [("imagenet", "--source: imagenet"), ("cifar10", "--root"), ("gaussian-mixture:2", "--source")],
 )
 def test_bad_sources(run_cli, tmp_path, source, flag):
     code, _, stderr = run_cli(["data", "--source", source, "--out", tmp_path / "o.zip"])

@@ -22,7 +22,7 @@ from diffmem.data import (
     write_dataset_zip,
     write_png_folder,
 )
-from diffmem.errors import InputError
+from diffmem.errors import InputError, flag_name
 
 
 def _png(path, hwc_or_hw, mode=None):
@@ -30,10 +30,15 @@ def _png(path, hwc_or_hw, mode=None):
     Image.fromarray(np.asarray(hwc_or_hw, dtype=np.uint8), mode=mode).save(path)
 
 
+
+def _as_cli(err: InputError) -> str:
+    """The line the command line prints: the parameter shown as its flag."""
+    return f"{flag_name(err.param)}: {err.detail}" if err.param else str(err)
+
 def _raises(match_parts, fn, *args, **kwargs):
     with pytest.raises(InputError) as info:
         fn(*args, **kwargs)
-    msg = str(info.value)
+    msg = _as_cli(info.value)
     for part in match_parts:
         assert str(part) in msg, msg
     assert "\n" not in msg

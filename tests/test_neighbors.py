@@ -107,3 +107,53 @@ def test_inputs_are_left_untouched(dtype):
     knn(torch.from_numpy(qry), torch.from_numpy(ref), k=2)
     np.testing.assert_array_equal(ref, ref_before)
     np.testing.assert_array_equal(qry, qry_before)
+
+
+def near_tie_cloud(seed, m=400, d=4, near=16, spread=3e-4):
+    """Queries and a cluster of references all within float32's resolution of one another at their
+    norm (a far mirror cluster keeps the centring offset away from them): the float32 shortlist
+    is wrong for many rows, and only the rounding-error bound tells which."""
+    rng = np.random.default_rng(seed)
+    center = rng.uniform(0.5, 1.0, d)
+    ref = np.concatenate([center + rng.normal(0, spread, (near, d)), -center + rng.normal(0, 0.01, (near, d))])
+    qry = center + rng.normal(0, spread, (m, d))
+    return qry.astype(np.float32), ref.astype(np.float32)
+
+
+@pytest.mark.parametrize("k, candidates", [(1, 2), (2, 4)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_near_ties_are_exact_only_thanks_to_the_error_bound(seed, k, candidates):
+    """Without the float32 error bound (u = 0) about one row in ten would be certified with a wrong
+    nearest neighbour here; with it, every row equals the float64 brute force."""
+    qry, ref = near_tie_cloud(seed)
+    nb = knn(qry, ref, k=k, candidates=candidates)
+    d_ref, i_ref = brute_force(qry, ref, k=k)
+    np.testing.assert_allclose(nb.dist, d_ref, rtol=1e-12, atol=0)
+    untied = d_ref[:, 0] != d_ref[:, 1] if k > 1 else np.ones(len(qry), bool)
+    np.testing.assert_array_equal(nb.index[untied, 0], i_ref[untied, 0])
+
+
+@pytest.mark.parametrize("case", ["near_ties", "far_clusters", "uint8"])
+def test_error_bound_covers_the_observed_float32_error(case):
+    """The certification's bound c·(‖q‖² + max‖r‖²) is at least the float32 error of every computed
+    ‖q‖² + s_j against the exact squared distance, and the cases do carry rounding error."""
+    from diffmem.metrics.neighbors import _centred, _row_mean, _sq_norms, float32_scores, score_error_factor
+
+    rng = np.random.default_rng(6)
+    if case == "near_ties":
+        qry, ref = near_tie_cloud(0, m=200, d=8)
+    elif case == "far_clusters":
+        ref = np.concatenate([np.full((60, 512), -0.9), 0.9 + rng.normal(0, 1e-3, (60, 512))]).astype(np.float32)
+        qry = (0.9 + rng.normal(0, 1e-3, (40, 512))).astype(np.float32)
+    else:
+        qry, ref = near_tie_data(rng, n=300, m=100, d=784)
+    offset = torch.as_tensor(_row_mean(ref[:: max(1, len(ref) // 1024)]), dtype=torch.float32)
+    q32, r32 = _centred(qry, offset), _centred(ref, offset)
+    r_norm, q_norm = _sq_norms(r32), _sq_norms(q32).double()
+    computed = q_norm[:, None] + float32_scores(q32, r32, r_norm).double()
+    q64, r64 = qry.astype(np.float64), ref.astype(np.float64)
+    exact = torch.from_numpy(((q64[:, None, :] - r64[None, :, :]) ** 2).sum(-1))
+    error = (computed - exact).abs()
+    bound = score_error_factor(qry.shape[1]) * (q_norm[:, None] + float(r_norm.max()))
+    assert error.max() > 0
+    assert (error <= bound).all(), float((error / bound).max())

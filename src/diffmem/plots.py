@@ -1,17 +1,20 @@
-"""Figures: the nearest-neighbour grid of an audit."""
+"""Figures: the nearest-neighbour grid of a memorization measurement, and ratio curves.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly and saved with ``fig.savefig``
+(which picks the PNG writer itself): no ``pyplot``, no global figure registry, and the global
+backend is never touched, so importing this module inside a Jupyter session leaves its inline
+figures alone.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from diffmem.atomic import atomic_path  # noqa: E402
-from diffmem.data.imageset import to_uint8  # noqa: E402
+from diffmem.atomic import atomic_path
+from diffmem.data.imageset import to_uint8
 
 
 def _hwc(img: np.ndarray) -> np.ndarray:
@@ -24,13 +27,16 @@ def save_neighbor_grid(path: str | Path, generated: np.ndarray, train: np.ndarra
     """Save a PNG: for the most and the least memorized samples, one row each of
     generated | 1st nearest training image | 2nd nearest, titled with d1/d2.
 
-    ``generated`` and ``train`` are NCHW arrays (uint8 or model space); ``result`` an AuditResult.
+    ``generated`` (M, C, H, W) and ``train`` (N, C, H, W) are uint8 or model-space arrays;
+    ``result`` a :class:`~diffmem.metrics.memorization.MemorizationResult` of these sets.
+    Returns ``path``.
     """
     ratio = result.nn_ratio
     order = np.argsort(ratio, kind="stable")
     rows = min(rows, len(order))
     picks = [("most memorized", i) for i in order[:rows]] + [("least memorized", i) for i in order[::-1][:rows]]
-    fig, axes = plt.subplots(len(picks), 3, figsize=(3 * 1.6, len(picks) * 1.7), squeeze=False)
+    fig = Figure(figsize=(3 * 1.6, len(picks) * 1.7))
+    axes = fig.subplots(len(picks), 3, squeeze=False)
     gray = generated.shape[1] == 1
     for r, (group, i) in enumerate(picks):
         cells = [
@@ -60,7 +66,8 @@ def save_curve(path: str | Path, x, y, *, xlabel: str, ylabel: str, title: str =
 def save_curves(path: str | Path, series: dict, *, xlabel: str, ylabel: str, title: str = "",
                 logx: bool = False) -> Path:
     """Several lines ``{label: (x, y)}`` on one axis (ratios: y in [0, 1]), saved atomically as PNG."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    fig = Figure(figsize=(4.6, 3.2))
+    ax = fig.subplots()
     xs = np.concatenate([np.asarray(x, dtype=float) for x, _ in series.values()])
     if logx and (xs <= 0).any():  # symlog keeps a zero on the axis
         ax.set_xscale("symlog", linthresh=float(xs[xs > 0].min()) if (xs > 0).any() else 1.0)
@@ -80,9 +87,10 @@ def save_curves(path: str | Path, series: dict, *, xlabel: str, ylabel: str, tit
     return save_figure(fig, path, dpi=120)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG atomically (temporary file, then rename) and close it."""
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save ``fig`` as PNG atomically (temporary file, then rename); the file gets the mode the
+    umask gives new files. A :class:`~matplotlib.figure.Figure` needs no closing: nothing but the
+    caller holds it."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         fig.savefig(f, dpi=dpi, format="png")
-    plt.close(fig)
     return Path(path)

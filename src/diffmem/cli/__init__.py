@@ -43,4 +43,4 @@ def entry() -> None:
 
 
 # Subcommands register themselves on `main` when imported.
-from diffmem.cli import data_cmd, audit_cmd, sample_cmd, train_cmd, demo_cmd  # noqa: E402,F401
+from diffmem.cli import data_cmd, memorization_cmd, sample_cmd, train_cmd, demo_cmd  # noqa: E402,F401

@@ -1,10 +1,10 @@
-"""``diffmem demo``: the closed-form optimum copies its training set; the audit sees it.
+"""``diffmem demo``: the closed-form optimum copies its training set; the memorization ratio sees it.
 
 On scikit-learn's 8×8 digits (ships with scikit-learn, nothing to download):
 1. nested class-balanced training sets of |D| = 64 and 1024 images;
-2. samples of the empirical optimal denoiser D* (EDM Heun, 18 steps), audited against their
+2. samples of the empirical optimal denoiser D* (EDM Heun, 18 steps), measured against their
    training set: the memorization ratio is ~1 at every size — the optimum only reproduces;
-3. the same audit on real held-out digits (a perfect generalizer's samples): ratio ~0;
+3. the same measurement on real held-out digits (a perfect generalizer's samples): ratio ~0;
 4. Tikhonov-regularized optima (Baptista et al.) at |D| = 64: memorization falls as c grows.
 """
 
@@ -16,17 +16,18 @@ from pathlib import Path
 import click
 import numpy as np
 
+from diffmem.atomic import prepare_output, write_json
 from diffmem.cli import main
-from diffmem.atomic import write_json
-from diffmem.cli.options import fresh_output_dir
 from diffmem.data.imageset import to_uint8
 from diffmem.data.sources import load_source
 from diffmem.data.subsets import class_balanced_indices, take
 from diffmem.denoisers.optimal import OptimalDenoiser
-from diffmem.metrics.memorization import audit
+from diffmem.errors import check_number
+from diffmem.metrics.memorization import memorization
+from diffmem.rng import check_seed
 from diffmem.sampling import sample
 
-OUTPUTS = ["summary.json", "neighbors-optimum-64.png", "regularization.png"]
+OUTPUTS = ("summary.json", "neighbors-optimum-64.png", "regularization.png")
 
 
 def _free_folder(base: str) -> Path:
@@ -44,14 +45,14 @@ def _free_folder(base: str) -> Path:
 @click.option("--sizes", default="64,1024", show_default=True, help="Training-set sizes |D|.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_cmd(out_dir, num, sizes, seed):
-    """Optimum-vs-audit demo on digits: D* memorizes at every |D|, regularization controls it."""
+    """Optimum-vs-memorization demo on digits: D* memorizes at every |D|, regularization controls it."""
     from diffmem.denoisers.networks import parse_int_tuple
     from diffmem.plots import save_neighbor_grid, save_curve
 
     sizes = parse_int_tuple("sizes", sizes, 1)
-    if num <= 0:
-        raise click.BadParameter(f"must be > 0, got {num}", param_hint="--num")
-    out = fresh_output_dir(out_dir or _free_folder("diffmem-demo"), OUTPUTS)
+    num = check_number("num", num, lo=0, lo_open=True, integer=True)
+    seed = check_seed(seed, "seed")
+    out = prepare_output(_free_folder("diffmem-demo") if out_dir is None else out_dir, kind="folder", names=OUTPUTS)
     digits = load_source("digits")
     rows, t0 = [], time.time()
     click.echo(f"digits: {len(digits)} images of {digits.shape}; {num} samples per measurement; writing {out}/")
@@ -65,7 +66,7 @@ def demo_cmd(out_dir, num, sizes, seed):
         for name, D, images in cases:
             if images is None:
                 images = to_uint8(sample(D, num, train.shape, seed=seed).numpy())
-            result = audit(train, images, seed=seed)
+            result = memorization(train, images, seed=seed)
             rows.append({"size": size, "denoiser": name, "memorization_ratio": result.ratio,
                          "ci95": list(result.ci95), "n_generated": len(images)})
             click.echo(f"{size:>6} {name:>22} {result.ratio:>13.3f}   [{result.ci95[0]:.3f}, {result.ci95[1]:.3f}]")
@@ -77,7 +78,7 @@ def demo_cmd(out_dir, num, sizes, seed):
     ratios = []
     for c in strengths:
         D = OptimalDenoiser(train, regularize=("tikhonov", c))
-        result = audit(train, to_uint8(sample(D, num, train.shape, seed=seed).numpy()), seed=seed)
+        result = memorization(train, to_uint8(sample(D, num, train.shape, seed=seed).numpy()), seed=seed)
         ratios.append(result.ratio)
         rows.append({"size": size, "denoiser": f"tikhonov c={c:g}", "memorization_ratio": result.ratio,
                      "ci95": list(result.ci95), "n_generated": num})

@@ -1,6 +1,10 @@
-"""Data: image sets, readers and writers, built-in sources, subsets, resolution and labels."""
+"""Data: image sets, readers and writers, built-in sources, subsets, resolution and labels.
 
-from diffmem.data.imageset import ImageSet, to_uint8
+Readers and writers live in :mod:`diffmem.data.io` (one module per format under
+:mod:`diffmem.data.formats`); labels are class indices below :data:`MAX_LABEL` (2**20).
+"""
+
+from diffmem.data.imageset import MAX_LABEL, ImageSet, to_uint8
 from diffmem.data.io import (
     CIFAR10_CLASSES,
     load_image_set,
@@ -23,7 +27,7 @@ from diffmem.data.subsets import (
 )
 
 __all__ = [
-    "ImageSet", "to_uint8",
+    "ImageSet", "MAX_LABEL", "to_uint8",
     "CIFAR10_CLASSES", "load_image_set", "read_cifar10", "read_idx", "read_png",
     "save_npz", "write_dataset_zip", "write_png_folder",
     "SOURCES", "gaussian_mixture", "load_source", "parse_gaussian_mixture",

