@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from diffmem.metrics.memorization import audit
+from diffmem.metrics.memorization import memorization
 
 
 def make_data(m: int, n: int, d: int, seed: int = 0):
@@ -39,7 +39,7 @@ def make_data(m: int, n: int, d: int, seed: int = 0):
 
 
 def run_audit(train, gen):
-    return audit(train, gen, bootstrap=0)
+    return memorization(train, gen, bootstrap=0)
 
 
 def run_gemm(train, gen, block=1024):

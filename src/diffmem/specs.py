@@ -200,7 +200,10 @@ def parse_spec(path, *, mode: str | None = None) -> Spec:
     raw_axes = doc.get("axes", {})
     if not isinstance(raw_axes, dict):
         raise InputError(f"{path}: [axes] must be a table")
-    for key, values in raw_axes.items():
+    flat = {}
+    for key, values in raw_axes.items():  # TOML reads `train.lr = [...]` as a nested table
+        flat.update({f"{key}.{k}": v for k, v in values.items()} if isinstance(values, dict) else {key: values})
+    for key, values in flat.items():
         full = _axis_key(key, path)
         if not isinstance(values, list) or not values:
             raise InputError(f"{path}: [axes] {key}: must be a non-empty list of values")

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffmem.atomic import remove_stale_temporaries
+from diffmem.atomic import prepare_output, remove_stale_temporaries
 from diffmem.config import TrainConfig, plan_run
 from diffmem.data.imageset import ImageSet
 from diffmem.denoisers.build import build_denoiser
@@ -101,6 +101,8 @@ def train(config: TrainConfig, data, out, *, resume: bool = False, progress: boo
     Returns the run's summary (``summary.json``: memorization curve and its maximum, last loss).
     Raises :class:`~diffmem.errors.InputError` naming the parameter, :class:`TrainingDiverged`.
     """
+    if out is None or not str(out).strip():
+        raise InputError("an empty path is not a run folder", param="out")
     started_dist = False
     try:
         loop, started_dist = _set_up(config, data, Path(out), resume)
@@ -164,14 +166,11 @@ def _record_and_model(config: TrainConfig, data: ImageSet, out, world_size: int)
 
 def _check_out(config: TrainConfig, record: dict, out: Path, resume: bool) -> bool:
     """Validate the run folder for a new run or a resume; return whether a state.pt is there."""
-    if str(out) == "":
-        raise InputError("an empty path is not a run folder", param="out")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder", param="out")
     if not resume:
         if out.is_dir() and any(out.iterdir()):
             raise InputError(f"{out}: folder exists and is not empty; pass resume (--resume) to continue that run",
                              param="out")
+        prepare_output(out, kind="folder", param="out", create=False)
         return False
     if not (out / CONFIG_FILE).is_file():
         raise InputError(f"{out}: no run to resume (no {CONFIG_FILE} there)", param="out")

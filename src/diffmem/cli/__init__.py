@@ -1,7 +1,8 @@
 """Command-line interface: ``diffmem <command>``.
 
 Every command reports bad input as one line on stderr naming the file or flag, and exits with
-status 2. Subcommands live in one module each and register themselves on :data:`main`.
+status 2: the library raises :class:`~diffmem.errors.InputError` naming a parameter, and
+:func:`run` prints it under the flag of that name. Subcommands live in one module each.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import sys
 import click
 
 from diffmem.errors import InputError, flag_name
+
+
+# Library parameters whose flag is not simply the name with dashes.
+FLAG_OF = {"batch_size": "batch"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +29,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         main.main(args=argv, prog_name="diffmem", standalone_mode=False)
     except InputError as err:  # the library names a parameter; the command line names its flag
-        message = f"{flag_name(err.param)}: {err.detail}" if err.param else str(err)
+        message = f"{flag_name(FLAG_OF.get(err.param, err.param))}: {err.detail}" if err.param else str(err)
         click.echo(f"diffmem: error: {message}", err=True)
         return 2
     except click.exceptions.Abort:
@@ -42,5 +47,14 @@ def entry() -> None:
     sys.exit(run())
 
 
-# Subcommands register themselves on `main` when imported.
-from diffmem.cli import data_cmd, memorization_cmd, sample_cmd, train_cmd, demo_cmd  # noqa: E402,F401
+# One module a command, each a plain click command over a library function (they import nothing from here).
+from diffmem.cli.data_cmd import data_cmd  # noqa: E402
+from diffmem.cli.demo_cmd import demo_cmd  # noqa: E402
+from diffmem.cli.memorization_cmd import memorization_cmd  # noqa: E402
+from diffmem.cli.report_cmd import report_cmd  # noqa: E402
+from diffmem.cli.sample_cmd import sample_cmd  # noqa: E402
+from diffmem.cli.sweep_cmd import emm_cmd, sweep_cmd  # noqa: E402
+from diffmem.cli.train_cmd import train_cmd  # noqa: E402
+
+for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, sweep_cmd, report_cmd, demo_cmd):
+    main.add_command(_command)

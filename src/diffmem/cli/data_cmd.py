@@ -8,7 +8,6 @@ import click
 import numpy as np
 
 from diffmem.atomic import prepare_output
-from diffmem.cli import main
 from diffmem.data.imageset import ImageSet
 from diffmem.data.io import write_dataset_zip
 from diffmem.data.sources import load_source
@@ -19,7 +18,7 @@ from diffmem.rng import check_seed
 MIN_RESOLUTION, MAX_RESOLUTION = 4, 256
 
 
-@main.command("data")
+@click.command("data")
 @click.option("--source", required=True,
               help="digits, mnist, fashion-mnist, cifar10 (with --root), or a PNG folder / .npz / dataset .zip / idx file.")
 @click.option("--size", type=int, default=None,

@@ -17,7 +17,6 @@ import click
 import numpy as np
 
 from diffmem.atomic import prepare_output, write_json
-from diffmem.cli import main
 from diffmem.data.imageset import to_uint8
 from diffmem.data.sources import load_source
 from diffmem.data.subsets import class_balanced_indices, take
@@ -39,7 +38,7 @@ def _free_folder(base: str) -> Path:
     return path
 
 
-@main.command("demo")
+@click.command("demo")
 @click.option("--out", "out_dir", default=None, help="Output folder (default: a new ./diffmem-demo[-N]).")
 @click.option("--num", type=int, default=500, show_default=True, help="Samples per measurement.")
 @click.option("--sizes", default="64,1024", show_default=True, help="Training-set sizes |D|.")

@@ -8,7 +8,6 @@ import sys
 import click
 
 from diffmem.atomic import prepare_output, write_json, write_npz
-from diffmem.cli import main
 from diffmem.cli.options import parse_bytes, parse_fraction, resolve_device
 from diffmem.data.io import load_image_set
 from diffmem.errors import check_number
@@ -18,7 +17,7 @@ from diffmem.rng import check_seed
 OUTPUTS = ("neighbors.npz", "neighbors.png", "summary.json")
 
 
-@main.command("memorization")
+@click.command("memorization")
 @click.option("--train", "train_path", required=True, help="Training images: PNG folder, .npz, EDM .zip, CIFAR archive, idx.")
 @click.option("--generated", "generated_path", required=True, help="Generated images, same formats.")
 @click.option("--threshold", default="1/3", show_default=True, help="Memorized when d1/d2 < threshold; in (0, 1].")

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from diffmem.cli import main
+from diffmem.atomic import prepare_output
 from diffmem.cli.options import resolve_device
 from diffmem.data.imageset import to_uint8
 from diffmem.data.io import load_image_set, save_npz, write_dataset_zip, write_png_folder
@@ -51,23 +51,7 @@ def write_images(path: str | Path, images: np.ndarray, labels=None) -> Path:
     return write_png_folder(path, images, labels)
 
 
-def _check_out(path: str) -> None:
-    p = Path(path)
-    if p.suffix.lower() in (".npz", ".zip"):
-        if p.exists():
-            raise InputError(f"--out {p}: already exists; refusing to overwrite it")
-        parent = p.parent
-    else:
-        if p.exists() and (not p.is_dir() or any(p.iterdir())):
-            raise InputError(f"--out {p}: already exists and is not an empty folder; refusing to overwrite it")
-        parent = p.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"--out {p}: {parent} is not a folder")
-
-
-@main.command("sample")
+@click.command("sample")
 @click.option("--optimal", is_flag=True, help="Sample the closed-form optimal denoiser of --train.")
 @click.option("--train", "train_path", default=None, help="Training set for --optimal.")
 @click.option("--network", default=None, help="A training run folder, or one snapshot file in it.")
@@ -92,7 +76,8 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
         raise InputError("give exactly one of --optimal (with --train) or --network", param="optimal/network")
     check_seed(seed)
     device = resolve_device(device)
-    _check_out(out_path)
+    prepare_output(out_path, kind="file" if Path(out_path).suffix.lower() in (".npz", ".zip") else "folder",
+                   param="out", create=False)  # created when written, after sampling
     if optimal:
         if not train_path:
             raise InputError("--optimal needs the training set", param="train")

