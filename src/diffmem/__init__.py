@@ -45,10 +45,14 @@ _EXPORTS = {
     "stochastic": "diffmem.sampling", "time_steps": "diffmem.sampling",
     # measuring
     "memorization": "diffmem.metrics.memorization", "MemorizationResult": "diffmem.metrics.memorization",
-    "knn": "diffmem.metrics.neighbors",
+    "knn": "diffmem.metrics.neighbors", "neighbor_grid": "diffmem.plots",
     # training
     "TrainConfig": "diffmem.config", "RunPlan": "diffmem.config", "plan_run": "diffmem.config",
     "train": "diffmem.training", "dry_run": "diffmem.training", "TrainingDiverged": "diffmem.training",
+    # EMM, sweeps, reports
+    "DataSpec": "diffmem.data.spec", "make_dataset": "diffmem.data.spec", "emm": "diffmem.sweep",
+    "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
+    "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

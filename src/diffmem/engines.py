@@ -50,7 +50,11 @@ def _call(fn: Callable, args: tuple, threads: int):
 
 
 def run_local(jobs: Iterable[Job], *, workers: int, threads: int, retries: int = 2) -> Iterator[tuple[str, object]]:
-    """Run ``jobs`` on ``workers`` spawned processes; see the module docstring for failures."""
+    """Run ``jobs`` on ``workers`` spawned processes (one worker: here, in this process, with its
+    thread budget); see the module docstring for failures."""
+    if workers == 1:
+        yield from _run_here(jobs, threads)
+        return
     pending = {key: (fn, args) for key, fn, args in jobs}
     attempts = dict.fromkeys(pending, 0)
     context = multiprocessing.get_context("spawn")
@@ -69,6 +73,18 @@ def run_local(jobs: Iterable[Job], *, workers: int, threads: int, retries: int =
                     attempts[key] += 1
                     if attempts[key] > retries:
                         raise RuntimeError(f"job {key}: its worker died {attempts[key]} times; giving up") from None
+
+
+def _run_here(jobs: Iterable[Job], threads: int) -> Iterator[tuple[str, object]]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for key, fn, args in jobs:
+            yield key, fn(*args)
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_ray(jobs: Iterable[Job], *, workers: int, threads: int, gpus: float = 0.0,

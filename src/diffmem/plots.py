@@ -23,14 +23,19 @@ def _hwc(img: np.ndarray) -> np.ndarray:
     return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
 
 
-def save_neighbor_grid(path: str | Path, generated: np.ndarray, train: np.ndarray, result, rows: int = 6) -> Path:
-    """Save a PNG: for the most and the least memorized samples, one row each of
-    generated | 1st nearest training image | 2nd nearest, titled with d1/d2.
+def save_neighbor_grid(path: str | Path, generated, train, result, rows: int = 6) -> Path:
+    """:func:`neighbor_grid` saved as a PNG at ``path`` (atomically); returns ``path``."""
+    return save_figure(neighbor_grid(generated, train, result, rows), path, dpi=110)
 
-    ``generated`` (M, C, H, W) and ``train`` (N, C, H, W) are uint8 or model-space arrays;
-    ``result`` a :class:`~diffmem.metrics.memorization.MemorizationResult` of these sets.
-    Returns ``path``.
+
+def neighbor_grid(generated, train, result, rows: int = 6) -> Figure:
+    """For the ``rows`` most and least memorized samples, one row each of generated | 1st nearest
+    training image | 2nd nearest, titled with d1/d2 (a Figure: Jupyter shows it inline).
+
+    ``generated`` (M, C, H, W) and ``train`` (N, C, H, W) are uint8 or model-space arrays, tensors
+    or ImageSets; ``result`` the :class:`~diffmem.metrics.memorization.MemorizationResult` of these sets.
     """
+    generated, train = _pixels(generated), _pixels(train)
     ratio = result.nn_ratio
     order = np.argsort(ratio, kind="stable")
     rows = min(rows, len(order))
@@ -55,7 +60,13 @@ def save_neighbor_grid(path: str | Path, generated: np.ndarray, train: np.ndarra
         f"memorization ratio {result.ratio:.3f} (d1/d2 < {result.threshold:.4g}; * = memorized)", fontsize=8
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-    return save_figure(fig, path, dpi=110)
+    return fig
+
+
+def _pixels(x) -> np.ndarray:
+    """ImageSet, tensor or array → a numpy NCHW array."""
+    images = getattr(x, "images", x)
+    return images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
 
 
 def save_curve(path: str | Path, x, y, *, xlabel: str, ylabel: str, title: str = "", logx: bool = False) -> Path:

@@ -255,7 +255,7 @@ def kind_of(folder: Path) -> str:
         return "emm"
     if (folder / "config.json").exists() and (folder / "summary.json").exists():
         return "run"
-    raise InputError(f"{folder}: not a run, EMM or sweep folder (no summary.json, emm.json or sweep.json)", param="dir")
+    raise InputError(f"{folder}: not a run, EMM or sweep folder (no summary.json, emm.json or sweep.json)")
 
 
 def _table_html(rows: list[dict]) -> str:
@@ -294,7 +294,7 @@ def make_report(folder, out=None) -> Path:
     returns the path of ``index.html``."""
     folder = Path(folder)
     if not str(folder).strip() or not folder.is_dir():
-        raise InputError(f"{folder}: no such folder", param="dir")
+        raise InputError(f"{folder}: no such folder")
     kind = kind_of(folder)
     out = Path(out) if out is not None else folder / "report"
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
