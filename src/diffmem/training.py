@@ -348,11 +348,10 @@ def _maintain(loop: _Loop, before: int, log) -> None:
     n, nimg = record["num_images"], loop.step * config.batch
     done = loop.step == record["total_steps"]
     epoch = nimg // n
-    track_images = [k * config.track_every * n for k in range(1, int(record["total_epochs"] // config.track_every) + 1)] \
-        if config.track_every else []
+    every = config.track_every * n  # images between measurements (0: never)
     due_log = loop.step % config.log_every == 0 or done
     due_snapshot = _crossed([e * n for e in record["snapshot_epochs"]], before, nimg) or done
-    due_track = bool(config.track_every) and (_crossed(track_images, before, nimg) or done)
+    due_track = bool(every) and (nimg // every > before // every or done)
     due_state = loop.step % config.checkpoint_every == 0 or done
     if not (due_log or due_snapshot or due_track or due_state):
         return
