@@ -117,4 +117,4 @@ def test_installed_entry_point_exit_status(tmp_path):
                            "--source", "digits", "--size", "0", "--out", str(tmp_path / "o.zip")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == ["diffmem: error: --size: must be > 0, got 0"]
+    assert proc.stderr.strip().splitlines() == ["diffmem: error: --size: must be >= 1, got 0"]

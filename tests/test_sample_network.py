@@ -7,6 +7,7 @@ import torch
 
 from diffmem.cli import run
 from diffmem.data.io import load_image_set
+from diffmem.rng import LABELS, numpy_rng
 from diffmem.runs import load_run
 
 TRAIN = ["--preset", "tiny", "--channels", "16", "--precond", "edm", "--steps", "6", "--batch", "8",
@@ -51,5 +52,18 @@ def test_sample_conditional_network_draws_labels(tmp_path, capsys):
     assert run(["sample", "--network", str(tmp_path / "run"), "--num", "4", "--labels", "10",
                 "--out", str(tmp_path / "i.zip")]) == 2
     assert "--labels" in capsys.readouterr().err
+    # true would be the training set's labels, which a network run does not keep; unique is for data
+    for labels, needle in [("true", "--labels: true needs the training set's labels"),
+                           ("unique", "--labels: expected none, true, random, K or k1,k2,..."), ("", "--labels:")]:
+        assert run(["sample", "--network", str(tmp_path / "run"), "--num", "4", "--labels", labels,
+                    "--out", str(tmp_path / "i.zip")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "i.zip").exists()
+    # random is uniform over the network's classes, from the stream (seed, LABELS)
+    assert run(["sample", "--network", str(tmp_path / "run"), "--num", "6", "--steps", "2", "--seed", "9",
+                "--labels", "random", "--out", str(tmp_path / "r.zip")]) == 0
+    np.testing.assert_array_equal(load_image_set(tmp_path / "r.zip").labels,
+                                  numpy_rng(9, LABELS).integers(0, 10, size=6))
     assert run(["sample", "--network", str(tmp_path / "nothing"), "--num", "4", "--out", str(tmp_path / "j.zip")]) == 2
     assert "--network" in capsys.readouterr().err

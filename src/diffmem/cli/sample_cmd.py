@@ -14,31 +14,13 @@ from diffmem.atomic import prepare_output
 from diffmem.cli.options import resolve_device
 from diffmem.data.imageset import to_uint8
 from diffmem.data.io import load_image_set, save_npz, write_dataset_zip, write_png_folder
+from diffmem.data.labels import conditioning_labels
 from diffmem.denoisers.optimal import OptimalDenoiser, parse_regularize_flag
 from diffmem.errors import InputError
-from diffmem.rng import LABELS, check_seed, numpy_rng
+from diffmem.rng import check_seed
 from diffmem.sampling import SAMPLERS, SDE_DEFAULTS, sample
 
 _DEFAULTS = {name: p.default for name, p in inspect.signature(sample).parameters.items()}  # the library's
-
-
-def resolve_labels(spec: str | None, num: int, num_classes: int, seed: int) -> np.ndarray | None:
-    """``--labels``: none | random (uniform over the classes, seeded) | K (every sample class K) |
-    k1,k2,... (cycled over the samples)."""
-    if spec is None or spec == "none":
-        return None
-    if num_classes == 0:
-        raise InputError("the training set / network has no classes; use none", param="labels")
-    if spec == "random":
-        return numpy_rng(seed, LABELS).integers(0, num_classes, size=num)
-    try:
-        values = [int(v) for v in spec.split(",")]
-    except ValueError:
-        raise InputError(f"expected none, random, a class index or a comma list, got {spec!r}", param="labels") from None
-    bad = [v for v in values if not 0 <= v < num_classes]
-    if bad:
-        raise InputError(f"class {bad[0]} is outside 0..{num_classes - 1}", param="labels")
-    return np.resize(np.asarray(values, dtype=np.int64), num)
 
 
 def write_images(path: str | Path, images: np.ndarray, labels=None) -> Path:
@@ -65,7 +47,8 @@ def write_images(path: str | Path, images: np.ndarray, labels=None) -> Path:
 @click.option("--s-churn", type=float, default=None,
               help=f"Stochasticity of the sde sampler (default {SDE_DEFAULTS['s_churn']:g}).")
 @click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Sample i uses the stream (seed, i).")
-@click.option("--labels", default=None, help="none | random | K | k1,k2,... (class-conditional sampling).")
+@click.option("--labels", default=None,
+              help="none | true (the --train labels, cycled) | random | K | k1,k2,... (class-conditional sampling).")
 @click.option("--regularize", default=None, help="tikhonov:C or eb:TAU (with --optimal).")
 @click.option("--batch", type=int, default=_DEFAULTS["batch_size"], show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -82,7 +65,7 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
         if not train_path:
             raise InputError("--optimal needs the training set", param="train")
         train = load_image_set(train_path, what="--train")
-        lab = resolve_labels(labels, num, train.num_classes, seed)
+        lab = conditioning_labels(labels, num, train.num_classes, seed, train_labels=train.labels)
         D = OptimalDenoiser(train, conditional=lab is not None, regularize=parse_regularize_flag(regularize),
                             device=device)
         source = {"optimal": str(train_path), "regularize": regularize}
@@ -93,7 +76,8 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
 
         run = load_run(network, device=device)
         D = run.denoiser
-        lab = resolve_labels(labels or ("random" if D.num_classes else None), num, D.num_classes, seed)
+        lab = conditioning_labels(labels if labels is not None else ("random" if D.num_classes else None), num,
+                                  D.num_classes, seed)
         source = {"network": str(network), "epoch": run.epoch}
     shape = D.shape
     x = sample(D, num, labels=lab, sampler=sampler, steps=steps, sigma_min=sigma_min, sigma_max=sigma_max,

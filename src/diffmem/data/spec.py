@@ -4,7 +4,9 @@
 
 is what ``diffmem data --source digits --size 64 --labels none`` writes, and what sweeps and EMM
 runs train on: the first ``size/K`` images of each of the first K classes (so a smaller set is a
-subset of a larger one), resized, then relabelled (``none | true | random:C | unique``).
+subset of a larger one), resized, then relabelled (``none | true | random:C | unique``, the
+training-set forms of :mod:`diffmem.data.labels`). Every field is checked on construction and an
+error names the field, which is also the flag of ``diffmem data``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import numpy as np
 
 from diffmem.data.imageset import ImageSet
 from diffmem.data.sources import load_source
-from diffmem.data.subsets import assign_labels, class_balanced_subset, parse_label_mode, resize, select_classes, take
+from diffmem.data.labels import DATA_FORMS, assign_labels, parse_labels
+from diffmem.data.subsets import class_balanced_subset, resize, select_classes, take
 from diffmem.errors import InputError, check_number
 from diffmem.rng import check_seed
 
-MIN_RESOLUTION, MAX_RESOLUTION = 4, 256
+MIN_RESOLUTION, MAX_RESOLUTION = 4, 256  # square output sizes, in pixels
 
 
 @dataclass(frozen=True)
@@ -39,19 +42,28 @@ class DataSpec:
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise InputError(f"must name a source or a path, got {self.source!r}", param="source")
+        for name in ("source", "root"):
+            value = getattr(self, name)
+            if value is None and name == "root":
+                continue
+            if isinstance(value, Path):
+                fix(name, value := str(value))
+            if not isinstance(value, str):
+                raise InputError(f"must be a name or a path, got {value!r}", param=name)
+            if not value.strip():
+                raise InputError("an empty path is not a folder or file; leave it out or give one" if name == "root"
+                                 else "an empty name is not a source; give a built-in name or a path", param=name)
         if self.size is not None:
             fix("size", check_number("size", self.size, lo=1, integer=True))
         if self.classes is not None:
             fix("classes", check_number("classes", self.classes, lo=1, integer=True))
         if self.size is not None and self.classes is not None and self.size % self.classes:
-            raise InputError(f"{self.size} is not divisible by classes {self.classes}", param="size")
+            raise InputError(f"{self.size} is not divisible by the number of classes {self.classes}", param="size")
         if self.resolution is not None:
             fix("resolution", check_number("resolution", self.resolution, lo=MIN_RESOLUTION, hi=MAX_RESOLUTION,
                                            integer=True))
         if self.labels is not None:
-            parse_label_mode(self.labels)
+            parse_labels(self.labels, DATA_FORMS)
         fix("seed", check_seed(self.seed))
         if self.split not in ("train", "test"):
             raise InputError(f"expected train or test, got {self.split!r}", param="split")
@@ -62,6 +74,10 @@ class DataSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def label_mode(self, source_labeled: bool) -> str:
+        """The labels the set gets: ``labels``, else ``true`` for a labeled source and ``none`` otherwise."""
+        return self.labels or ("true" if source_labeled else "none")
+
 
 def make_dataset(spec: DataSpec) -> ImageSet:
     """The training set ``spec`` describes (its ``source`` names the recipe, e.g. ``digits[size=64]``)."""
@@ -69,8 +85,7 @@ def make_dataset(spec: DataSpec) -> ImageSet:
     data = _subset(data, spec.size, spec.classes)
     if spec.resolution is not None:
         data = resize(data, spec.resolution)
-    mode = spec.labels or ("none" if data.labels is None else "true")
-    labels = assign_labels(data.labels, mode, spec.seed, n=len(data))
+    labels = assign_labels(data.labels, spec.label_mode(data.labels is not None), spec.seed, n=len(data))
     name = spec.source if not Path(spec.source).exists() else str(Path(spec.source).resolve())
     recipe = ",".join(f"{k}={v}" for k, v in spec.to_dict().items() if k != "source" and v is not None)
     return ImageSet(data.images, labels, source=f"{name}[{recipe}]")

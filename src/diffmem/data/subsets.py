@@ -1,10 +1,10 @@
-"""Training-set construction: class-balanced nested subsets, resolution, and label conditioning.
+"""Training-set construction: class-balanced nested subsets and resolution.
 
 Seed 001 takes subsets of size |D| as the first |D|/K images of each of the first K classes, so
-the subset of size N is, class by class, a prefix of the subset of size 2N. It conditions on
-true labels, on random labels in 0..C-1, or on unique labels (label = index).
+the subset of size N is, class by class, a prefix of the subset of size 2N. Labels (true, random
+in 0..C-1, unique) are :mod:`diffmem.data.labels`.
 
-Errors name the parameter at fault (``size``, ``classes``, ``resolution``, ``labels``, ``seed``).
+Errors name the parameter at fault (``size``, ``classes``, ``resolution``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from diffmem.data.imageset import MAX_LABEL, ImageSet
+from diffmem.data.imageset import ImageSet
 from diffmem.errors import InputError, check_number
-from diffmem.rng import LABELS, check_seed, numpy_rng
 
 __all__ = [
     "class_balanced_indices",
@@ -24,8 +23,6 @@ __all__ = [
     "select_classes",
     "take",
     "resize",
-    "parse_label_mode",
-    "assign_labels",
 ]
 
 
@@ -121,41 +118,3 @@ def _pil_bicubic(x: np.ndarray, resolution: int) -> np.ndarray:
     out = [[np.asarray(Image.fromarray(ch.astype(np.float32), mode="F").resize(size, bicubic)) for ch in img]
            for img in x]
     return np.clip(np.array(out, dtype=np.float32), -1.0, 1.0)
-
-
-def parse_label_mode(spec: str) -> tuple[str, int | None]:
-    """``none | true | unique | random:C`` -> ``(mode, C)`` (``C`` only for ``random``)."""
-    mode, _, arg = spec.partition(":")
-    if mode in ("none", "true", "unique") and not arg:
-        return mode, None
-    if mode == "random" and arg.isdigit() and 1 <= int(arg) <= MAX_LABEL:
-        return mode, int(arg)
-    raise InputError(f"expected none, true, random:C (1 <= C <= {MAX_LABEL}) or unique, got {spec!r}", param="labels")
-
-
-def assign_labels(labels: np.ndarray | None, mode: str, seed: int = 0, *, n: int | None = None) -> np.ndarray | None:
-    """Conditioning labels for a training set of ``n`` images (``n`` defaults to ``len(labels)``).
-
-    ``none`` -> None; ``true`` -> ``labels``; ``random:C`` -> i.i.d. uniform in 0..C-1 from the
-    stream ``(seed, LABELS)`` of :mod:`diffmem.rng` (nested: the labels of the first ``m`` images do
-    not depend on ``n``); ``unique`` -> ``0..n-1`` (every image its own class; ``n`` must stay
-    below :data:`~diffmem.data.imageset.MAX_LABEL`). Returns int64 (n,) or None.
-    """
-    kind, classes = parse_label_mode(mode)
-    seed = check_seed(seed)
-    if n is None:
-        if labels is None and kind in ("random", "unique"):
-            raise ValueError("assign_labels: pass n when labels is None")
-        n = 0 if labels is None else len(labels)
-    if kind == "none":
-        return None
-    if kind == "true":
-        if labels is None:
-            raise InputError("true: the source has no labels", param="labels")
-        return np.asarray(labels, dtype=np.int64)
-    if kind == "random":
-        return numpy_rng(seed, LABELS).integers(0, classes, size=n, dtype=np.int64)
-    if n > MAX_LABEL:
-        raise InputError(f"unique: {n} images would need labels up to {n - 1}, but labels must be "
-                         f"< {MAX_LABEL} (class indices)", param="labels")
-    return np.arange(n, dtype=np.int64)
