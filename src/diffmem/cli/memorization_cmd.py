@@ -11,7 +11,7 @@ from diffmem.atomic import prepare_output, write_json, write_npz
 from diffmem.cli.options import parse_bytes, parse_fraction, resolve_device
 from diffmem.data.io import load_image_set
 from diffmem.errors import check_number
-from diffmem.metrics.memorization import memorization
+from diffmem.metrics.memorization import MAX_BOOTSTRAP, memorization
 from diffmem.rng import check_seed
 
 OUTPUTS = ("neighbors.npz", "neighbors.png", "summary.json")
@@ -26,7 +26,7 @@ OUTPUTS = ("neighbors.npz", "neighbors.png", "summary.json")
 @click.option("--memory-limit", default="2GiB", show_default=True, help="Working-memory budget of the search.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--bootstrap", default=1000, show_default=True, type=int,
-              help="Bootstrap resamples for the 95 % CI (0: none; ci95 and stderr are then null).")
+              help=f"Bootstrap resamples for the 95 % CI (0..{MAX_BOOTSTRAP:,}; 0: none, ci95 and stderr are then null).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
 @click.option("--quantize/--no-quantize", default=False, show_default=True,
               help="Round float generated images to uint8 first, as saving them to PNG would (seed 001).")
@@ -35,7 +35,7 @@ def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, me
     """Memorization ratio: the share of generated images whose nearest training image is
     closer than THRESHOLD times the second nearest (exact L2 in pixel space)."""
     threshold = check_number("threshold", parse_fraction(threshold, "threshold"), lo=0.0, lo_open=True, hi=1.0)
-    bootstrap = check_number("bootstrap", bootstrap, lo=0, integer=True)
+    bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=MAX_BOOTSTRAP, integer=True)
     seed = check_seed(seed, "seed")
     limit = parse_bytes(memory_limit, "memory_limit")
     if out_dir is not None and not out_dir.strip():

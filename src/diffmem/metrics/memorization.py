@@ -28,6 +28,9 @@ from diffmem.metrics.neighbors import DEFAULT_MEMORY_LIMIT, knn
 from diffmem.rng import BOOTSTRAP, check_seed, numpy_rng
 
 DEFAULT_THRESHOLD = 1.0 / 3.0
+#: At most this many bootstrap resamples (each is one binomial draw; 10**7 of them take ~1 s and
+#: 80 MB, far past the point where the 95 % interval stops moving).
+MAX_BOOTSTRAP = 10**7
 
 
 @dataclass
@@ -98,7 +101,7 @@ def bootstrap_ci(memorized: np.ndarray, resamples: int = 1000, seed: int = 0) ->
     from Binomial(n, p̂), so each resample costs O(1) instead of O(n). Seeded by the stream
     ``(seed, BOOTSTRAP)`` of :mod:`diffmem.rng`.
     """
-    resamples = check_number("bootstrap", resamples, lo=1, integer=True)
+    resamples = check_number("bootstrap", resamples, lo=1, hi=MAX_BOOTSTRAP, integer=True)
     seed = check_seed(seed)
     n = len(memorized)
     if n == 0:
@@ -159,7 +162,7 @@ def memorization(
     (:mod:`diffmem.metrics.neighbors`). Distances are reported in model-space units.
     """
     threshold = check_number("threshold", threshold, lo=0.0, lo_open=True, hi=1.0)
-    bootstrap = check_number("bootstrap", bootstrap, lo=0, integer=True)
+    bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=MAX_BOOTSTRAP, integer=True)
     seed = check_seed(seed)
     t_pix, t_src = _as_pixels(train, "train")
     g_pix, g_src = _as_pixels(generated, "generated")

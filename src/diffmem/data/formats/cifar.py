@@ -7,6 +7,7 @@ that accepts nothing but what a CIFAR-10 batch holds.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import tarfile
 import zlib
@@ -43,8 +44,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def cifar_folder(folder: Path) -> Path | None:
     """The ``cifar-10-batches-py`` folder at or directly under ``folder``, if any."""
-    for cand in (folder, folder / CIFAR_DIR):
-        if (cand / "data_batch_1").is_file() or (cand / "test_batch").is_file():
+    for cand in (folder, folder / CIFAR_DIR):  # os.path.isfile: False for what cannot be looked at
+        if os.path.isfile(cand / "data_batch_1") or os.path.isfile(cand / "test_batch"):
             return cand
     return None
 

@@ -30,6 +30,18 @@ def input_path(path, param: str | None) -> Path:
     return Path(path)
 
 
+def exists(path: Path, param: str | None) -> bool:
+    """Whether ``path`` exists. A path that cannot be looked at (a folder above it without read
+    permission, a symlink loop, a name too long) is an InputError naming it, not a False."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as err:
+        raise fail(param, path, f"cannot read ({err.strerror or err})") from None
+    return True
+
+
 def finish(images: np.ndarray, labels, param: str | None, place, source: Path, label_names=None) -> ImageSet:
     """Build the ImageSet (``source`` = the path), re-raising its validation errors as ``place``."""
     try:

@@ -9,6 +9,8 @@ A folder may hold EDM's ``dataset.json`` beside the PNGs (labels keyed by relati
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,10 @@ def read_png(file, where, param: str | None = None) -> np.ndarray:
     ``where`` names the file in error messages, ``param`` the parameter it came from.
     """
     try:
-        with Image.open(file) as img:
+        with warnings.catch_warnings():  # PIL only warns about images past its first size limit: refuse them
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(file)
+        with img:
             img.load()
             if img.format != "PNG":
                 raise fail(param, where, f"not a PNG (found {img.format})")
@@ -39,7 +44,7 @@ def read_png(file, where, param: str | None = None) -> np.ndarray:
             if img.mode not in ("L", "LA", "RGB", "RGBA"):
                 raise fail(param, where, f"unsupported PNG mode {img.mode}; use 8-bit grayscale or RGB")
             arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         if isinstance(err, InputError):
             raise
         raise fail(param, where, f"not a readable PNG ({err})") from None
@@ -71,17 +76,32 @@ def read_png_file(path: Path, param: str | None) -> ImageSet:
     return finish(read_png(path, path, param)[None], None, param, path, path)
 
 
+def _png_files(folder: Path, param: str | None) -> list[Path]:
+    """Every ``*.png`` file under ``folder`` (symlinked folders are not entered). A subfolder that
+    cannot be read is an error naming it: skipping it would silently drop its images."""
+    def refuse(err: OSError):
+        raise fail(param, err.filename or folder, f"cannot read the folder ({err.strerror or err})")
+
+    return [Path(root) / name for root, _, names in os.walk(folder, onerror=refuse)
+            for name in names if Path(name).suffix.lower() == ".png" and os.path.isfile(os.path.join(root, name))]
+
+
 def read_png_folder(folder: Path, param: str | None) -> ImageSet:
     """Every ``*.png`` under ``folder`` (any depth, sorted by relative path), with the labels of a
     ``dataset.json`` beside them if there is one."""
-    files = sorted((p for p in folder.rglob("*") if p.suffix.lower() == ".png" and p.is_file()),
-                   key=lambda p: p.relative_to(folder).as_posix())
+    files = sorted(_png_files(folder, param), key=lambda p: p.relative_to(folder).as_posix())
     if not files:
         raise fail(param, folder, "folder contains no PNG images")
     rel = [p.relative_to(folder).as_posix() for p in files]
     images = stack([(r, read_png(p, f"{folder}/{r}", param)) for r, p in zip(rel, files)], param, folder)
     meta = folder / "dataset.json"
-    labels = labels_from_json(meta.read_bytes(), rel, param, meta) if meta.is_file() else None
+    labels = None
+    if meta.is_file():
+        try:
+            text = meta.read_bytes()
+        except OSError as err:
+            raise fail(param, meta, f"cannot read ({err.strerror or err})") from None
+        labels = labels_from_json(text, rel, param, meta)
     return finish(images, labels, param, folder, folder)
 
 
