@@ -109,8 +109,10 @@ def value_plot(xs: list, ys: list, lo: list | None, hi: list | None, *, xlabel: 
         ax.plot([pos[i] for i in ok], [ys[i] for i in ok], "o-")
     if not numeric:
         ax.set_xticks(pos, [str(x) for x in xs], rotation=30, fontsize=7)
-    elif min(xs) > 0 and max(xs) / min(xs) > 20:
-        ax.set_xscale("log")
+    else:
+        positive = [x for x in xs if x > 0]
+        if positive and max(positive) / min(positive) > 20:  # decades apart: log (symlog keeps a 0)
+            ax.set_xscale("log") if min(xs) > 0 else ax.set_xscale("symlog", linthresh=min(positive))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
