@@ -100,13 +100,15 @@ def test_sample_needs_a_source(tmp_path, capsys):
 
 
 def test_demo_runs_and_reports(tmp_path):
-    r = diffmem("demo", "--num", "60", "--sizes", "20,100", cwd=tmp_path)
+    """The demo at toy settings (about 2.5 minutes on 2 cores): the optimum copies at every |D|,
+    held-out digits do not; it never overwrites (an existing ./diffmem-demo sends it to a new folder)."""
+    (tmp_path / "diffmem-demo").mkdir()
+    (tmp_path / "diffmem-demo" / "summary.json").write_text("mine")
+    r = diffmem("demo", "--num", "20", "--sizes", "8,16", "--epochs", "4", "--workers", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    summary = json.loads((tmp_path / "diffmem-demo" / "summary.json").read_text())
-    by = {(row["size"], row["denoiser"]): row["memorization_ratio"] for row in summary["results"]}
-    assert by[(20, "optimum D*")] >= 0.99 and by[(100, "optimum D*")] >= 0.99
-    assert by[(100, "held-out real digits")] < 0.2
-    assert by[(20, "tikhonov c=0.1")] < by[(20, "tikhonov c=0")]
-    r2 = diffmem("demo", "--num", "20", "--sizes", "20", cwd=tmp_path)  # never overwrites: a new folder
-    assert r2.returncode == 0 and (tmp_path / "diffmem-demo-2" / "summary.json").exists()
-    assert json.loads((tmp_path / "diffmem-demo" / "summary.json").read_text()) == summary
+    assert (tmp_path / "diffmem-demo" / "summary.json").read_text() == "mine"
+    summary = json.loads((tmp_path / "diffmem-demo-2" / "summary.json").read_text())
+    assert [p["size"] for p in summary["optimum"]] == [8, 16]
+    assert all(p["ratio"] >= 0.99 for p in summary["optimum"])
+    assert summary["held_out"]["ratio"] < 0.2
+    assert (tmp_path / "diffmem-demo-2" / "report" / "index.html").exists()
