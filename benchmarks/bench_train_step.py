@@ -104,7 +104,7 @@ def main(argv=None):
                  dropout=args.dropout)
     torch.manual_seed(0)
     ours = build_network(args.arch, img_resolution=args.resolution, in_channels=args.img_channels,
-                         label_dim=args.label_dim, preset=args.preset, **knobs)
+                         num_classes=args.label_dim, preset=args.preset, **knobs)
     torch.manual_seed(0)
     ref = edm.SongUNet(**edm_kwargs(ours))
     same = ours.state_dict().keys() == ref.state_dict().keys() and all(

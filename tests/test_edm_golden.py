@@ -102,7 +102,7 @@ def _close(actual, expected, scale):
 def test_song_unet_matches_edm_golden_values(arch):
     golden = GOLDEN[arch]
     torch.manual_seed(7)
-    net = build_network(arch, img_resolution=16, in_channels=3, label_dim=LABEL_DIM[arch], channels=16,
+    net = build_network(arch, img_resolution=16, in_channels=3, num_classes=LABEL_DIM[arch], channels=16,
                         channel_mult=(1, 2, 2), blocks=1, attn=(8,), dropout=0.0).double().eval()
     sd = net.state_dict()
     state = [len(sd), count_parameters(net), sum(v.sum() for v in sd.values()).item(),

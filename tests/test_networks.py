@@ -28,7 +28,7 @@ EDM_COUNTS = [
      "DDPM++ res 32 in/out 3, 128 ch, mult [2,2,2], 2 blocks, attn [16]", 35125251),
     ("paper fourier", dict(arch="ddpmpp", img_resolution=32, in_channels=3, preset="paper", embed="fourier"),
      "as paper with embedding_type='fourier' (frequencies are a buffer)", 35125251),
-    ("paper label_dim 10", dict(arch="ddpmpp", img_resolution=32, in_channels=3, preset="paper", label_dim=10),
+    ("paper label_dim 10", dict(arch="ddpmpp", img_resolution=32, in_channels=3, preset="paper", num_classes=10),
      "as paper with label_dim=10", 35126659),
     ("ddpmpp default", dict(arch="ddpmpp", img_resolution=32, in_channels=3),
      "DDPM++ res 32 in/out 3, 128 ch, mult [2,2,2], 4 blocks, attn [16]", 55732739),
@@ -38,7 +38,7 @@ EDM_COUNTS = [
      "DDPM++ res 8 in/out 1, 32 ch, mult [1,2], 1 block, attn []", 715201),
     ("small 16x16x1", dict(arch="ddpmpp", img_resolution=16, in_channels=1, preset="small"),
      "DDPM++ res 16 in/out 1, 32 ch, mult [1,2,2], 2 blocks, attn []", 1702689),
-    ("ncsnpp 28x28x1 cond", dict(arch="ncsnpp", img_resolution=28, in_channels=1, label_dim=3, channels=16,
+    ("ncsnpp 28x28x1 cond", dict(arch="ncsnpp", img_resolution=28, in_channels=1, num_classes=3, channels=16,
                                  channel_mult=(1, 2, 2), blocks=1, attn=(14,)),
      "NCSN++ res 28 in/out 1, label_dim 3, 16 ch, mult [1,2,2], 1 block, attn [14]", 323073),
 ]
@@ -82,7 +82,7 @@ def _inputs(n, c, res, label_dim=0, seed=1):
                                                          (28, 1, (1, 2, 2), 10), (32, 3, (1, 2, 2, 2), 0)])
 def test_output_shape(arch, res, channels, mult, label_dim):
     torch.manual_seed(0)
-    net = build_network(arch, img_resolution=res, in_channels=channels, label_dim=label_dim, channels=8,
+    net = build_network(arch, img_resolution=res, in_channels=channels, num_classes=label_dim, channels=8,
                         channel_mult=mult, blocks=1, attn=(res // 2,))
     x, noise, labels = _inputs(3, channels, res, label_dim)
     y = net(x, noise, labels)
@@ -213,7 +213,7 @@ def test_explicit_attention_adds_blocks_at_that_resolution():
 
 def test_conditioning_changes_output_and_requires_labels():
     torch.manual_seed(0)
-    net = _perturbed(build_network("ddpmpp", img_resolution=8, in_channels=1, label_dim=5, preset="tiny"))
+    net = _perturbed(build_network("ddpmpp", img_resolution=8, in_channels=1, num_classes=5, preset="tiny"))
     x, noise, _ = _inputs(2, 1, 8)
     y0 = net(x, noise, one_hot(torch.tensor([0, 0]), 5))
     y1 = net(x, noise, one_hot(torch.tensor([3, 3]), 5))

@@ -118,7 +118,7 @@ def _coefficients_np(kind, s):
 def test_real_network_through_precond(kind):
     """D(x; σ, c) = c_skip·x + c_out·F(c_in·x; c_noise, one_hot(c)) with a real (perturbed) U-Net."""
     torch.manual_seed(0)
-    net = build_network("ddpmpp", img_resolution=8, in_channels=1, label_dim=2, preset="tiny", channels=8).eval()
+    net = build_network("ddpmpp", img_resolution=8, in_channels=1, num_classes=2, preset="tiny", channels=8).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # move the near-zero output layers away from zero so F matters
         for p in net.parameters():

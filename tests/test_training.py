@@ -63,7 +63,7 @@ def test_dry_run_prints_resolved_config(digits16, digits20_labeled, tmp_path, ca
     # labels in the data set make the net conditional, with num_classes = max label + 1
     c = _dry(capsys, "--data", str(digits20_labeled), "--out", str(out), *TINY, "--steps", "5")
     assert c["num_classes"] == 10 and c["total_steps"] == 5
-    cond = build_network("ddpmpp", img_resolution=8, in_channels=1, label_dim=10, preset="tiny", channels=8)
+    cond = build_network("ddpmpp", img_resolution=8, in_channels=1, num_classes=10, preset="tiny", channels=8)
     assert c["parameters"] == count_parameters(cond) > count_parameters(net)
     # an EMA half-life in epochs scales with |D|; one in images does not
     c = _dry(capsys, "--data", str(digits16), "--out", str(out), *TINY, "--steps", "5", "--ema", "0.5ep")

@@ -16,6 +16,6 @@ def build_denoiser(config: TrainConfig, *, resolution: int, in_channels: int, nu
     (seed them with ``torch.manual_seed`` first for reproducible initial weights)."""
     knobs = {k: getattr(config, k) for k in NETWORK_FIELDS if k not in ("arch", "preset")}
     net = build_network(config.arch, preset=config.preset,
-                        img_resolution=resolution, in_channels=in_channels, label_dim=num_classes,
+                        img_resolution=resolution, in_channels=in_channels, num_classes=num_classes,
                         **{k: v for k, v in knobs.items() if v is not None})
     return PRECONDS[config.precond](net, shape=(in_channels, resolution, resolution), num_classes=num_classes)

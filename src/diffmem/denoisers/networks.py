@@ -1,6 +1,6 @@
 """Build denoiser backbones from an architecture name, a preset and the study's knobs.
 
-``build_network(arch, img_resolution=..., in_channels=..., label_dim=..., preset=..., **knobs)``
+``build_network(arch, img_resolution=..., in_channels=..., num_classes=..., preset=..., **knobs)``
 returns the raw network ``F(x, noise_labels, class_labels=None)``; the preconditioner wraps it.
 Knobs (``None`` = preset, else architecture default), spelled as on the command line with ``-``:
 
@@ -165,7 +165,7 @@ def _settings(arch, preset, knobs) -> dict:
     return settings
 
 
-def build_network(arch: str, *, img_resolution: int, in_channels: int, label_dim: int = 0,
+def build_network(arch: str, *, img_resolution: int, in_channels: int, num_classes: int = 0,
                   preset: str | None = None, **knobs) -> torch.nn.Module:
     """The backbone for ``arch`` in ddpmpp | ncsnpp | mlp; see the module docstring for knobs.
 
@@ -173,7 +173,7 @@ def build_network(arch: str, *, img_resolution: int, in_channels: int, label_dim
     """
     s = _settings(arch, preset, knobs)
     arch = s["arch"]
-    label_dim = _int("label_dim", label_dim, 0)
+    label_dim = _int("num_classes", num_classes, 0)  # EDM's SongUNet calls it label_dim
     embed = s["embed"]
     if embed not in ("positional", "fourier"):
         raise InputError(f"must be positional or fourier, got {embed!r}", param="embed")
