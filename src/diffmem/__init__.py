@@ -31,7 +31,7 @@ _EXPORTS = {
     # data
     "ImageSet": "diffmem.data", "load_image_set": "diffmem.data", "load_source": "diffmem.data",
     "SOURCES": "diffmem.data", "class_balanced_subset": "diffmem.data", "class_balanced_indices": "diffmem.data",
-    "assign_labels": "diffmem.data", "take": "diffmem.data", "resize": "diffmem.data", "select_classes": "diffmem.data",
+    "assign_labels": "diffmem.data", "conditioning_labels": "diffmem.data", "parse_labels": "diffmem.data", "take": "diffmem.data", "resize": "diffmem.data", "select_classes": "diffmem.data",
     "gaussian_mixture": "diffmem.data", "to_uint8": "diffmem.data", "write_dataset_zip": "diffmem.data",
     "save_npz": "diffmem.data", "write_png_folder": "diffmem.data",
     # denoisers

@@ -94,7 +94,13 @@ def prepare_output(path: str | os.PathLike, *, kind: str, names=(), param: str |
         raise ValueError(f"prepare_output: kind must be 'file' or 'folder', got {kind!r}")
     if path is None or not str(path).strip():
         _refuse(param, "an empty path is not an output; give a file or folder name")
-    path = Path(path)
+    try:
+        return _prepare(Path(path), kind, names, param, overwrite, create)
+    except OSError as err:  # e.g. a name too long for the file system
+        _refuse(param, f"{path}: cannot use this path ({err.strerror or err})")
+
+
+def _prepare(path: Path, kind: str, names, param, overwrite: bool, create: bool) -> Path:
     if kind == "file":
         if path.is_dir():
             _refuse(param, f"{path}: is a folder; give a file name")
@@ -116,6 +122,8 @@ def prepare_output(path: str | os.PathLike, *, kind: str, names=(), param: str |
         blocker = _nearest_existing(folder)
         if not blocker.is_dir():
             _refuse(param, f"{path}: cannot write, {blocker} is a file, not a folder")
+        if not os.access(blocker, os.W_OK | os.X_OK):
+            _refuse(param, f"{path}: cannot write, folder {blocker} is not writable")
         return path
     _make_folders(folder, path, param)
     if not os.access(folder, os.W_OK | os.X_OK):

@@ -18,13 +18,14 @@ import base64
 import html
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from diffmem.atomic import write_text
+from diffmem.atomic import prepare_output, write_text
 from diffmem.errors import InputError
 from diffmem.plots import save_figure
 
@@ -249,7 +250,9 @@ def kind_of(folder: Path) -> str:
     """``sweep`` | ``emm`` | ``run``, from the files in the folder."""
     if (folder / "sweep.json").exists():
         sweep = json.loads((folder / "sweep.json").read_text())
-        cells = sweep.get("cells", [])
+        cells = sweep.get("cells", []) if isinstance(sweep, dict) else None
+        if not isinstance(cells, list):
+            raise InputError(f"{folder / 'sweep.json'}: not a diffmem sweep record")
         if sweep.get("mode") == "emm" and len(cells) == 1 and not cells[0]["knobs"] and (folder / cells[0]["name"]).is_dir():
             return "emm-sweep"
         return "sweep"
@@ -293,25 +296,37 @@ def render_html(report: Report) -> str:
 
 def make_report(folder, out=None) -> Path:
     """Write the report of a run, EMM or sweep ``folder`` into ``out`` (default ``folder/report``);
-    returns the path of ``index.html``."""
+    returns the path of ``index.html``. ``out`` must be new, empty, or an earlier report."""
+    if folder is None or not str(folder).strip():
+        raise InputError("an empty path is not a folder")
     folder = Path(folder)
-    if not str(folder).strip() or not folder.is_dir():
+    if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
     kind = kind_of(folder)
-    out = Path(out) if out is not None else folder / "report"
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise InputError(f"{out}: exists and is not a diffmem report; refusing to overwrite it", param="out")
-    out.mkdir(parents=True, exist_ok=True)
+    out = folder / "report" if out is None else out
+    created = not str(out).strip() or not Path(out).exists()
+    if not str(out).strip() or not (Path(out) / MARKER).exists():  # a report replaces only a report
+        out = prepare_output(out, kind="folder", param="out")
+    out = Path(out)
+    try:
+        report = _build(kind, folder, out)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        if created:  # leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise InputError(f"{folder}: its result files are not what diffmem writes "
+                         f"({type(err).__name__}: {err})") from None
     (out / MARKER).touch()
-    if kind == "run":
-        report = run_report(folder, out)
-    elif kind == "emm":
-        report = emm_report(folder, out)
-    elif kind == "emm-sweep":
-        sweep = json.loads((folder / "sweep.json").read_text())
-        report = emm_report(folder / sweep["cells"][0]["name"], out, report=Report(f"EMM {sweep['name']}"))
-    else:
-        report = sweep_report(folder, out)
     index = out / "index.html"
     write_text(index, render_html(report))
     return index
+
+
+def _build(kind: str, folder: Path, out: Path) -> Report:
+    if kind == "run":
+        return run_report(folder, out)
+    if kind == "emm":
+        return emm_report(folder, out)
+    if kind == "emm-sweep":
+        sweep = json.loads((folder / "sweep.json").read_text())
+        return emm_report(folder / sweep["cells"][0]["name"], out, report=Report(f"EMM {sweep['name']}"))
+    return sweep_report(folder, out)

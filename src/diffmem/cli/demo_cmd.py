@@ -33,9 +33,13 @@ def demo_cmd(out_dir, sizes, epochs, num, workers, seed):
     from diffmem.demo import run_demo
     from diffmem.denoisers.networks import parse_int_tuple
     from diffmem.errors import check_number
+    from diffmem.rng import check_seed
 
     sizes = parse_int_tuple("sizes", sizes, 2)
     workers = check_number("workers", workers, lo=1, hi=64, integer=True)
-    out = prepare_output(out_dir or _free_folder("diffmem-demo"), kind="folder", param="out")
+    check_number("epochs", epochs, lo=0, lo_open=True)
+    check_number("num", num, lo=2, integer=True)
+    check_seed(seed)
+    out = prepare_output(_free_folder("diffmem-demo") if out_dir is None else out_dir, kind="folder", param="out")
     run_demo(out, sizes=sizes, epochs=epochs, samples=num, workers=workers, seed=seed,
              progress=sys.stderr.isatty(), log=click.echo)

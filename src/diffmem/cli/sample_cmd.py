@@ -27,10 +27,10 @@ def write_images(path: str | Path, images: np.ndarray, labels=None) -> Path:
     """Write uint8 NCHW images by the path's form: ``.npz``, EDM ``.zip``, else a PNG folder."""
     path = Path(path)
     if path.suffix.lower() == ".npz":
-        return save_npz(path, images, labels)
+        return save_npz(path, images, labels, param="out")
     if path.suffix.lower() == ".zip":
-        return write_dataset_zip(path, images, labels)
-    return write_png_folder(path, images, labels)
+        return write_dataset_zip(path, images, labels, param="out")
+    return write_png_folder(path, images, labels, param="out")
 
 
 @click.command("sample")
