@@ -74,7 +74,21 @@ def main() -> int:
           f"{np.mean(np.array(same) <= 0.5):.0%} of cases <= 50 %; identical EMM in "
           f"{np.mean([r['same_equal'] for r in rows]):.0%} of cases")
     Path(__file__).with_name("emm_search.json").write_text(json.dumps(rows, indent=1))
+    replay_digits()
     return 0
+
+
+def replay_digits(path: Path = Path(__file__).resolve().parents[1] / "experiments/results/emm_digits/base/emm.json"):
+    """The adaptive search replayed on the real grid measurements of experiments/specs/emm_digits.toml
+    (|D| = 8, 16, 32, 64): at the grid's resolution it trains only the sizes it needs."""
+    est = json.loads(path.read_text())
+    points = {p["size"]: SizePoint(p["size"], p["ratio"], tuple(p["ci95"]), p["n_generated"], p["compute"])
+              for p in est["points"]}
+    grid = grid_search(lambda s: points[s], sorted(points), EPS)
+    adaptive = adaptive_search(lambda s: points[s], min_size=8, max_size=64, epsilon=EPS, factor=2, resolution=2)
+    print(f"digits (real runs): grid EMM {grid.emm:.1f} {tuple(round(v, 1) for v in grid.interval)}, "
+          f"adaptive EMM {adaptive.emm:.1f}, sizes trained {[p.size for p in adaptive.points]}, "
+          f"compute {adaptive.compute / grid.compute:.0%} of the grid's")
 
 
 if __name__ == "__main__":
