@@ -48,3 +48,24 @@ def digits64_zip(digits64, tmp_path_factory):
     from diffmem.data import write_dataset_zip
 
     return write_dataset_zip(tmp_path_factory.mktemp("digits64") / "digits64.zip", digits64)
+
+
+def one_line(code, stdout, stderr, *needles):
+    """The CLI's contract for bad input: exit 2, one line on stderr naming what was wrong, no traceback."""
+    assert code == 2, (code, stdout, stderr)
+    assert stderr.count("\n") == 1 and stderr.startswith("diffmem: error: "), stderr
+    assert "Traceback" not in stderr and stdout == ""
+    for needle in needles:
+        assert needle in stderr, stderr
+    return stderr
+
+
+@pytest.fixture
+def sets(tmp_path):
+    """A small uint8 training set (train.zip, 20 images) and generated set (gen.npz, 6) of 1x4x4."""
+    from diffmem.data import save_npz, write_dataset_zip
+
+    rng = np.random.default_rng(0)
+    write_dataset_zip(tmp_path / "train.zip", rng.integers(0, 256, (20, 1, 4, 4), dtype=np.uint8))
+    save_npz(tmp_path / "gen.npz", rng.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8))
+    return tmp_path

@@ -17,22 +17,9 @@ from PIL import Image
 from diffmem.data import load_image_set, load_source, save_npz, write_dataset_zip
 from diffmem.errors import InputError
 
-
-def _one_line(code, stdout, stderr, *needles):
-    assert code == 2, (code, stdout, stderr)
-    assert stderr.count("\n") == 1 and stderr.startswith("diffmem: error: "), stderr
-    assert "Traceback" not in stderr and stdout == ""
-    for needle in needles:
-        assert needle in stderr, stderr
-    return stderr
+from conftest import one_line as _one_line  # noqa: E402
 
 
-@pytest.fixture
-def sets(tmp_path):
-    rng = np.random.default_rng(0)
-    write_dataset_zip(tmp_path / "train.zip", rng.integers(0, 256, (20, 1, 4, 4), dtype=np.uint8))
-    save_npz(tmp_path / "gen.npz", rng.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8))
-    return tmp_path
 
 
 def _png_folder(folder, n=2, sub=None):
