@@ -29,7 +29,7 @@ def _free_folder(base: str) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo_cmd(out_dir, sizes, epochs, num, workers, seed):
     """EMM demo on built-in digits: the optimum copies at every |D|, a trained DDPM++ only below its EMM
-    (about 5-6 minutes on 2 cores)."""
+    (about 3 minutes on 2 cores)."""
     from diffmem.demo import run_demo
     from diffmem.denoisers.networks import parse_int_tuple
     from diffmem.errors import check_number
