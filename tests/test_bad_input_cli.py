@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffmem.data import load_image_set, load_source, save_npz, write_dataset_zip
+from diffmem.data import load_image_set, load_source, save_npz
 from diffmem.errors import InputError
 
 from conftest import one_line as _one_line  # noqa: E402

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from diffmem.data import ImageSet, load_image_set, load_source, save_npz, write_dataset_zip
+from diffmem.data import ImageSet, load_image_set, load_source
 from diffmem.data.imageset import MAX_LABEL
 from diffmem.errors import InputError
 

@@ -53,6 +53,7 @@ _EXPORTS = {
     "DataSpec": "diffmem.data.spec", "make_dataset": "diffmem.data.spec", "emm": "diffmem.sweep",
     "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
     "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
+    "run_demo": "diffmem.demo",
 }
 
 __all__ = ["__version__", *_EXPORTS]

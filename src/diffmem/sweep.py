@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from diffmem.config import TrainConfig
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.emm import EMMEstimate, SizePoint, adaptive_search, estimate_emm
 from diffmem.errors import InputError
-from diffmem.runs import CONFIG_FILE, SUMMARY_FILE, read_jsonl, read_record
+from diffmem.runs import CONFIG_FILE, SUMMARY_FILE, read_record
 from diffmem.specs import Cell, EMMSettings, Spec
 
 MEMORIZATION_ONSET = 0.1  # "first memorization": the first tracked epoch with a ratio at least this
@@ -119,13 +118,22 @@ def measure_size(cell: Cell, size: int, settings: EMMSettings, cell_folder: Path
     """Train (or find) the run at ``size`` and return its highest tracked ratio (seed 001)."""
     data, config = size_config(cell, size, settings)
     folder = size_folder(cell_folder, size)
-    summary = train_run(data, config, folder)
-    curve = summary["memorization_curve"]
-    if not curve:
+    train_run(data, config, folder)
+    point = size_point(folder)
+    if point is None:
         raise InputError(f"{cell.name}: EMM runs must track memorization; set track_every in [train]")
+    return point
+
+
+def size_point(folder: Path) -> SizePoint | None:
+    """A finished run's highest tracked ratio (seed 001's per-run number) as a SizePoint; None when
+    the run tracked nothing."""
+    curve = json.loads((Path(folder) / SUMMARY_FILE).read_text())["memorization_curve"]
+    if not curve:
+        return None
     best = max(curve, key=lambda r: r["ratio"])
     record = read_record(folder)
-    return SizePoint(size, best["ratio"], tuple(best["ci95"]), record["track_samples"],
+    return SizePoint(record["num_images"], best["ratio"], tuple(best["ci95"]), record["track_samples"],
                      record["total_steps"] * record["batch"], str(folder), best["epoch"])
 
 
@@ -150,17 +158,9 @@ def adaptive_cell(cell: Cell, settings: EMMSettings, cell_folder: Path) -> EMMEs
 
 def finished_sizes(cell_folder: Path) -> list[SizePoint]:
     """The SizePoints of every finished run of an EMM cell (for the table and reports)."""
-    points = []
-    for folder in sorted(Path(cell_folder).glob("size-*")):
-        if (folder / SUMMARY_FILE).exists():
-            curve = json.loads((folder / SUMMARY_FILE).read_text())["memorization_curve"]
-            record = read_record(folder)
-            if curve:
-                best = max(curve, key=lambda r: r["ratio"])
-                points.append(SizePoint(record["num_images"], best["ratio"], tuple(best["ci95"]),
-                                        record["track_samples"], record["total_steps"] * record["batch"],
-                                        str(folder), best["epoch"]))
-    return points
+    folders = sorted(Path(cell_folder).glob("size-*"))
+    points = [size_point(f) for f in folders if (f / SUMMARY_FILE).exists()]
+    return [p for p in points if p is not None]
 
 
 def emm_row(cell_folder: Path) -> dict | None:

@@ -113,7 +113,7 @@ def parse_int_tuple(name, value, lo, allow_empty=False) -> tuple[int, ...]:
         raise InputError(f"must be a list of integers, got {value!r}", param=name)
     out = tuple(_int(name, v, lo) for v in value)
     if not out and not allow_empty:
-        raise InputError(f"must not be empty", param=name)
+        raise InputError("must not be empty", param=name)
     return out
 
 
@@ -148,7 +148,7 @@ def _settings(arch, preset, knobs) -> dict:
             where = [a for a, k in _KNOBS.items() if name in k]
             if where:
                 raise InputError(f"not used by arch {arch} (only by {', '.join(where)})", param=name)
-            raise InputError(f"unknown network option", param=name)
+            raise InputError("unknown network option", param=name)
     settings = dict(ARCH_DEFAULTS[arch])
     if preset is not None:
         if preset not in PRESETS:
