@@ -58,7 +58,7 @@ BAD = [
     (BASE.replace('size = 16', 'size = -4'), "[data] size: must be >= 1"),
     (BASE + "[axes]\nsize = [8, 0]\n", "[axes] size: must be >= 1"),
     ('combine = "zip"\n' + BASE + "[axes]\nbatch = [8, 16]\nlr = [0.1]\n", "combine = \"zip\" needs axes of equal length"),
-    ('mode = "sometimes"\n' + BASE, "mode: expected runs or emm"),
+    ('mode = "sometimes"\n' + BASE, "mode: expected one of runs, emm"),
     ('nonesuch = 1\n' + BASE, "nonesuch: unknown key"),
     (BASE + "[axes\n", "not valid TOML"),
     ('mode = "emm"\n' + BASE, "[emm] sizes: a grid needs at least two sizes"),

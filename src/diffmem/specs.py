@@ -43,7 +43,10 @@ from diffmem.errors import InputError, check_number
 
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-TOP_KEYS = ("name", "mode", "combine", "data", "train", "axes", "emm")
+#: Each mode and the table of mode-specific settings it reads (``None``: none). Modes other than
+#: ``runs`` and ``emm`` are run by their own modules, which validate ``Spec.settings`` themselves.
+MODE_SECTIONS = {"runs": None, "emm": "emm", "timescales": "timescales", "twosplit": "twosplit"}
+TOP_KEYS = ("name", "mode", "combine", "data", "train", "axes", *(s for s in MODE_SECTIONS.values() if s))
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class Spec:
     train: dict
     axes: dict = field(default_factory=dict)  # "data.size" / "train.lr" -> list of values
     emm: EMMSettings | None = None
+    settings: dict = field(default_factory=dict)  # the mode's own table ([timescales], [twosplit], ...)
 
     def cells(self) -> list[Cell]:
         """Every cell, in axis order; each validated (a bad value names the spec key)."""
@@ -191,8 +195,8 @@ def parse_spec(path, *, mode: str | None = None) -> Spec:
         raise InputError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(TOP_KEYS)})")
     name = str(doc.get("name", Path(path).stem))
     mode = mode or doc.get("mode", "runs")
-    if mode not in ("runs", "emm"):
-        raise InputError(f"{path}: mode: expected runs or emm, got {mode!r}")
+    if mode not in MODE_SECTIONS:
+        raise InputError(f"{path}: mode: expected one of {', '.join(MODE_SECTIONS)}, got {mode!r}")
     combine = doc.get("combine", "product")
     if combine not in ("product", "zip"):
         raise InputError(f"{path}: combine: expected product or zip, got {combine!r}")
@@ -222,7 +226,13 @@ def parse_spec(path, *, mode: str | None = None) -> Spec:
             emm = EMMSettings(**settings)
         except InputError as err:
             raise InputError(f"{path}: [emm] {err.param}: {err.detail}") from None
+    section = MODE_SECTIONS[mode]
+    settings = {}
+    if section and mode != "emm":
+        settings = doc.get(section, {})
+        if not isinstance(settings, dict):
+            raise InputError(f"{path}: [{section}] must be a table")
     spec = Spec(path, name, mode, combine, _table(doc, "data", path, DATA_FIELDS),
-                _table(doc, "train", path, TRAIN_FIELDS), axes, emm)
+                _table(doc, "train", path, TRAIN_FIELDS), axes, emm, settings)
     spec.cells()  # validate every cell now, before anything runs
     return spec
