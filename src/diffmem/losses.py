@@ -10,9 +10,13 @@ each process its slice. ``loss(D, y, labels, generator)`` does both.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from diffmem.data.imageset import ImageSet
 from diffmem.denoisers.precond import vp_sigma
+from diffmem.errors import InputError, check_number
+from diffmem.rng import MEMBERSHIP, check_seed, derive_seed
 
 
 class _Loss:
@@ -71,3 +75,63 @@ class VPLoss(_Loss):
 
 
 LOSSES = {"edm": EDMLoss, "vp": VPLoss}
+
+
+def _model_space(images) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(float32 tensor (N, C, H, W) in model space, the set's labels or None) from an ImageSet,
+    uint8 pixels (``/127.5 - 1``), or a float model-space array/tensor."""
+    if isinstance(images, ImageSet):
+        return torch.from_numpy(np.ascontiguousarray(images.to_model())), images.labels
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise InputError(f"expected a non-empty (N, C, H, W) array, got shape {images.shape}", param="images")
+    if images.dtype == np.uint8:
+        return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0), None
+    if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
+        raise InputError(f"images must be uint8 pixels or finite floats in model space, got {images.dtype}",
+                         param="images")
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), None
+
+
+def loss_noise(seed: int, index: int, sigma_index: int, shape) -> torch.Tensor:
+    """The noise n ~ N(0, I) of image ``index`` at the ``sigma_index``-th σ: float32 of ``shape``,
+    from the stream (seed, MEMBERSHIP, index, sigma_index), so it does not depend on the batch."""
+    g = torch.Generator().manual_seed(derive_seed(seed, MEMBERSHIP, index, sigma_index))
+    return torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+
+
+def per_image_loss(D, images, sigmas, *, labels=None, seed: int = 0, batch: int = 256, device="cpu") -> np.ndarray:
+    """Unweighted denoising loss of every image at every σ: float64 array (N, S).
+
+    ``L[i, j] = mean over the C·H·W pixels of (D(y_i + σ_j·n_ij; σ_j, c_i) - y_i)²`` in model space
+    (``[-1, 1]``, so units of (model space)²), with ``n_ij`` from :func:`loss_noise` (one seeded
+    stream per image and σ index: a row depends only on the image, its index and ``seed``).
+    ``images``: an ImageSet (its labels are used when ``labels`` is None and D is conditional),
+    uint8 pixels (N, C, H, W), or floats already in model space. ``sigmas``: S positive noise
+    levels. ``labels``: None or N class indices. Evaluated in batches of ``batch`` on ``device``.
+    """
+    y_all, set_labels = _model_space(images)
+    sig = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
+    if sig.ndim != 1 or len(sig) == 0 or not (np.isfinite(sig).all() and (sig > 0).all()):
+        raise InputError(f"must be one or more finite positive noise levels, got {sigmas!r}", param="sigmas")
+    seed, batch = check_seed(seed), check_number("batch", batch, lo=1, integer=True)
+    if labels is None and getattr(D, "num_classes", None):
+        labels = set_labels
+    if labels is not None:
+        labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
+        if len(labels) != len(y_all):
+            raise InputError(f"got {len(labels)} labels for {len(y_all)} images", param="labels")
+    out = np.empty((len(y_all), len(sig)), dtype=np.float64)
+    for start in range(0, len(y_all), batch):
+        y = y_all[start:start + batch].to(device)
+        lab = None if labels is None else labels[start:start + batch].to(device)
+        for j, s in enumerate(sig):
+            n = torch.stack([loss_noise(seed, i, j, y.shape[1:]) for i in range(start, start + len(y))]).to(device)
+            sigma = torch.full((len(y),), float(s), dtype=torch.float32, device=device)
+            with torch.no_grad():
+                err = (D(y + float(s) * n, sigma, lab).float() - y) ** 2
+            out[start:start + len(y), j] = err.flatten(1).mean(1).double().cpu().numpy()
+    return out
+
