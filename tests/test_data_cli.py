@@ -86,7 +86,9 @@ def test_bad_flags(run_cli, tmp_path, args, flag):
 
 @pytest.mark.parametrize(
     "source, flag",
-    [("imagenet", "--source: imagenet"), ("cifar10", "--root"), ("gaussian-mixture:2", "--source")],
+    [("imagenet", "--source: imagenet"), ("cifar10", "--root"),
+     ("gaussian-mixture:2", "--out"),  # a point cloud is written as an .npz of points, not a zip
+     ("gaussian-mixture:x", "--source")],
 )
 def test_bad_sources(run_cli, tmp_path, source, flag):
     code, _, stderr = run_cli(["data", "--source", source, "--out", tmp_path / "o.zip"])

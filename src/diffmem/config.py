@@ -218,18 +218,28 @@ class RunPlan:
     snapshot_epochs: list[int] = field(default_factory=list)
     world_size: int = 1
     parameters: int | None = None
+    dim: int = 0  # point clouds: the points' dimension d (then in_channels = resolution = 1); 0 for images
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.resolution, self.resolution)
+    def shape(self) -> tuple[int, ...]:
+        """Per-sample shape: (C, H, W) for images, (d,) for point clouds."""
+        return (self.dim,) if self.dim else (self.in_channels, self.resolution, self.resolution)
 
 
 def plan_run(config: TrainConfig, data, *, world_size: int = 1, parameters: int | None = None) -> RunPlan:
-    """Resolve ``config`` on ``data`` (an :class:`~diffmem.data.ImageSet`); see the module docstring."""
+    """Resolve ``config`` on ``data`` (an :class:`~diffmem.data.ImageSet`, or a
+    :class:`~diffmem.data.points.PointCloud` for an MLP); see the module docstring."""
     from diffmem.schedules import halflife_from_rate
 
     n = len(data)
-    channels, height, width = data.shape
+    dim = 0
+    if len(data.shape) == 1:  # a point cloud (N, d): only the MLP takes vectors
+        if config.arch != "mlp":
+            raise InputError(f"{data.source}: points of dimension {data.shape[0]} need an MLP (--preset mlp-toy "
+                             f"or --arch mlp), not {config.arch}", param="arch")
+        dim, channels, height, width = data.shape[0], 1, 1, 1
+    else:
+        channels, height, width = data.shape
     if height != width:
         raise InputError(f"{data.source}: images must be square, got {height}x{width}", param="data")
     if data.num_classes > MAX_CLASSES:
@@ -251,4 +261,4 @@ def plan_run(config: TrainConfig, data, *, world_size: int = 1, parameters: int 
         lr_effective=config.lr * (config.batch / config.lr_scaling if config.lr_scaling else 1.0),
         lr_warmup_images=parse_duration_images(config.lr_warmup, n, "lr_warmup"), ema_halflife_images=halflife,
         snapshot_epochs=parse_snapshots(config.snapshots, max(int(total_epochs), 1)), world_size=world_size,
-        parameters=parameters)
+        parameters=parameters, dim=dim)

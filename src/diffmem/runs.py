@@ -189,7 +189,7 @@ def load_run(path, *, device="cpu", param: str = "network") -> LoadedRun:
     record = meta["config"]
     config = TrainConfig.from_dict(record)
     D = build_denoiser(config, resolution=record["resolution"], in_channels=record["in_channels"],
-                       num_classes=record["num_classes"])
+                       num_classes=record["num_classes"], dim=record.get("dim", 0))
     try:
         D.net.load_state_dict(tensors)
     except RuntimeError as err:

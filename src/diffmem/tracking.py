@@ -3,6 +3,8 @@
 Seed 001 generates images at each snapshot, saves them as PNG (uint8) and reports the highest ratio
 over a run's snapshots; :func:`track_memorization` does the same in memory, with the samples'
 random streams fixed by the run's seed, so every measurement of a run uses the same latents.
+Point clouds are measured unquantized (:func:`~diffmem.metrics.proximity.proximity`: the 1/3
+ratio and the share of samples within its default tolerance of a training point).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import numpy as np
 import torch
 
 from diffmem.data.imageset import ImageSet, to_uint8
+from diffmem.data.points import PointCloud
 from diffmem.metrics.memorization import memorization
+from diffmem.metrics.proximity import proximity
 from diffmem.rng import TRACK, derive_seed
 from diffmem.sampling import sample
 
@@ -25,5 +29,9 @@ def track_memorization(D, data: ImageSet, record: dict, device, num: int | None 
     labels = torch.from_numpy(data.labels[np.arange(num) % len(data)]) if record["num_classes"] else None
     generated = sample(D, num, labels=labels, sampler="heun", steps=18, seed=derive_seed(record["seed"], TRACK),
                        device=device)
+    if isinstance(data, PointCloud):  # points are never quantized; also the share within the tolerance
+        near = proximity(data, generated.numpy(), device=str(device))
+        return dict(ratio=near.ratio, ci95=list(near.ratio_ci95), fraction_within=near.fraction_within,
+                    within_ci95=list(near.within_ci95), tolerance=near.tolerance, n_generated=num)
     result = memorization(data, to_uint8(generated.numpy()), device=str(device))
     return dict(ratio=result.ratio, ci95=[result.ci95[0], result.ci95[1]], stderr=result.stderr, n_generated=num)

@@ -37,6 +37,7 @@ import torch
 from diffmem.atomic import prepare_output, remove_stale_temporaries
 from diffmem.config import TrainConfig, plan_run
 from diffmem.data.imageset import ImageSet
+from diffmem.data.points import PointCloud
 from diffmem.denoisers.build import build_denoiser
 from diffmem.denoisers.dropout import global_batch_dropout
 from diffmem.denoisers.networks import count_parameters
@@ -90,8 +91,9 @@ def train(config: TrainConfig, data, out, *, resume: bool = False, progress: boo
     Args:
         config: a :class:`~diffmem.config.TrainConfig`.
         data: an :class:`~diffmem.data.ImageSet` (uint8 or model-space images, optional labels, which
-            make the network class-conditional), or a path any reader accepts (EDM zip, PNG folder,
-            .npz, ...).
+            make the network class-conditional), a :class:`~diffmem.data.points.PointCloud` (float
+            (N, d) points, never quantized; an MLP), or a path any reader accepts (EDM zip, PNG
+            folder, .npz of images or of ``points``, ...).
         out: the run folder: new or empty, unless ``resume``.
         resume: continue the run in ``out`` from its last ``state.pt`` (bit-identical to an
             uninterrupted run); refuses another config (runtime fields aside) or other data.
@@ -137,15 +139,15 @@ def _barrier(world_size: int):
         torch.distributed.barrier()
 
 
-def _load_data(data) -> ImageSet:
-    from diffmem.data.io import load_image_set
+def _load_data(data) -> ImageSet | PointCloud:
+    from diffmem.data.points import load_data
 
-    if isinstance(data, ImageSet):
+    if isinstance(data, (ImageSet, PointCloud)):
         return data
     if data is None or str(data) == "":
-        raise InputError("required (an ImageSet or a path)", param="data")
+        raise InputError("required (an ImageSet, a PointCloud or a path)", param="data")
     try:
-        return load_image_set(data, what=str(data))
+        return load_data(data, what=str(data))
     except InputError as err:
         raise InputError(err.detail, param="data") from None
 
@@ -155,7 +157,7 @@ def _record_and_model(config: TrainConfig, data: ImageSet, out, world_size: int)
     plan = plan_run(config, data, world_size=world_size)
     torch.manual_seed(derive_seed(config.seed, INIT))
     model = build_denoiser(config, resolution=plan.resolution, in_channels=plan.in_channels,
-                           num_classes=plan.num_classes)
+                           num_classes=plan.num_classes, dim=plan.dim)
     plan = dataclasses.replace(plan, parameters=count_parameters(model))
     source = str(Path(data.source).resolve()) if Path(data.source).exists() else data.source
     record = {**config.to_dict(), **dataclasses.asdict(plan), "data": source,

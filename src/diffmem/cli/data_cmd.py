@@ -13,6 +13,7 @@ import numpy as np
 
 from diffmem.atomic import prepare_output
 from diffmem.data.io import write_dataset_zip
+from diffmem.data.points import is_point_source, save_points
 from diffmem.data.spec import MAX_RESOLUTION, MIN_RESOLUTION, DataSpec, make_dataset
 from diffmem.errors import InputError
 
@@ -30,12 +31,15 @@ from diffmem.errors import InputError
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random labels (0..2^63-1).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--root", default=None, help="Where a source's files are (cifar10 archive, idx folder).")
-@click.option("--out", required=True, help="Output EDM dataset zip.")
+@click.option("--dim", type=int, default=None, help="Point sources (toy2d, gaussian-mixture:K): dimension d [2].")
+@click.option("--out", required=True, help="Output EDM dataset zip (a point source: an .npz of points).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, out, overwrite):
+def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, dim, out, overwrite):
     """Write a training set as an EDM-style dataset zip (PNGs + dataset.json)."""
     spec = DataSpec(source=source, size=size, resolution=resolution, labels=label_mode, classes=classes,
-                    seed=seed, split=split, root=root)
+                    seed=seed, split=split, root=root, dim=dim)
+    if is_point_source(source):
+        return _write_points(spec, out, overwrite)
     if out.strip() and Path(out).suffix.lower() != ".zip":
         raise InputError(f"{out}: must end in .zip", param="out")
     out = prepare_output(out, kind="file", overwrite=overwrite, param="out", create=False)  # folders: on writing
@@ -45,3 +49,14 @@ def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, o
     c, h, w = data.shape
     mode = spec.label_mode(data.labels is not None)  # with no --labels, labels exist iff the source has them
     click.echo(f"wrote {out}: {len(data)} images, shape {c}x{h}x{w}, {n_classes} classes (labels: {mode})")
+
+
+def _write_points(spec: DataSpec, out: str, overwrite: bool) -> None:
+    """A point source's set as an ``.npz`` with ``points`` (N, d) and, with labels, ``labels``."""
+    if out.strip() and Path(out).suffix.lower() != ".npz":
+        raise InputError(f"{out}: a point cloud is written as an .npz; end it in .npz", param="out")
+    out = prepare_output(out, kind="file", overwrite=overwrite, param="out", create=False)
+    cloud = make_dataset(spec)
+    save_points(out, cloud, overwrite=overwrite, param="out")
+    click.echo(f"wrote {out}: {len(cloud)} points in {cloud.dim} dimensions, {cloud.num_classes} classes "
+               f"(labels: {spec.labels or 'none'})")

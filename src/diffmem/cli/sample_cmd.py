@@ -13,8 +13,9 @@ import numpy as np
 from diffmem.atomic import prepare_output
 from diffmem.cli.options import resolve_device
 from diffmem.data.imageset import to_uint8
-from diffmem.data.io import load_image_set, save_npz, write_dataset_zip, write_png_folder
+from diffmem.data.io import save_npz, write_dataset_zip, write_png_folder
 from diffmem.data.labels import conditioning_labels
+from diffmem.data.points import PointCloud, load_data, save_points
 from diffmem.denoisers.optimal import OptimalDenoiser, parse_regularize_flag
 from diffmem.errors import InputError
 from diffmem.rng import check_seed
@@ -64,9 +65,10 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
     if optimal:
         if not train_path:
             raise InputError("--optimal needs the training set", param="train")
-        train = load_image_set(train_path, what="--train")
+        train = load_data(train_path, what="--train")
         lab = conditioning_labels(labels, num, train.num_classes, seed, train_labels=train.labels)
-        D = OptimalDenoiser(train, conditional=lab is not None, regularize=parse_regularize_flag(regularize),
+        D = OptimalDenoiser(train.to_model() if isinstance(train, PointCloud) else train, train.labels,
+                            conditional=lab is not None, regularize=parse_regularize_flag(regularize),
                             device=device)
         source = {"optimal": str(train_path), "regularize": regularize}
     else:
@@ -80,10 +82,14 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
                                   D.num_classes, seed)
         source = {"network": str(network), "epoch": run.epoch}
     shape = D.shape
+    if len(shape) == 1 and Path(out_path).suffix.lower() != ".npz":
+        raise InputError(f"{out_path}: samples of shape {tuple(shape)} are points; give an .npz", param="out")
     x = sample(D, num, labels=lab, sampler=sampler, steps=steps, sigma_min=sigma_min, sigma_max=sigma_max,
                rho=rho, s_churn=s_churn, seed=seed, batch_size=batch, device=device,
                progress=sys.stderr.isatty())
-    images = to_uint8(x.numpy())
-    written = write_images(out_path, images, lab)
+    if len(shape) == 1:  # points: written unquantized, as an .npz of points
+        written = save_points(out_path, x.numpy(), lab, param="out")
+    else:
+        written = write_images(out_path, to_uint8(x.numpy()), lab)
     click.echo(json.dumps({"out": str(written), "num": num, "shape": list(shape), "sampler": sampler,
                            "steps": steps, "seed": seed, "labels": labels, **source}))

@@ -20,6 +20,8 @@ import numpy as np
 from diffmem.data.imageset import ImageSet
 from diffmem.data.sources import load_source
 from diffmem.data.labels import DATA_FORMS, assign_labels, parse_labels
+from diffmem.data.points import (MAX_DIM, POINT_SOURCES, PointCloud, check_point_source, has_points,
+                                 is_point_source, make_points, read_points, take_points)
 from diffmem.data.subsets import class_balanced_subset, resize, select_classes, take
 from diffmem.errors import InputError, check_number
 from diffmem.rng import check_seed
@@ -39,6 +41,7 @@ class DataSpec:
     seed: int = 0  # seed of random labels
     split: str = "train"  # train | test
     root: str | None = None  # where a source's files are (cifar10 archive, idx folder)
+    dim: int | None = None  # point sources (toy2d, gaussian-mixture:K): the dimension d (None: 2)
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -67,6 +70,12 @@ class DataSpec:
         fix("seed", check_seed(self.seed))
         if self.split not in ("train", "test"):
             raise InputError(f"expected train or test, got {self.split!r}", param="split")
+        check_point_source(self.source)
+        if self.dim is not None:
+            fix("dim", check_number("dim", self.dim, lo=1, hi=MAX_DIM, integer=True))
+            if not is_point_source(self.source):
+                raise InputError(f"only point sources ({', '.join(POINT_SOURCES)}) have a dimension, not "
+                                 f"{self.source!r}; leave it out", param="dim")
 
     def replace(self, **changes) -> DataSpec:
         return dataclasses.replace(self, **changes)
@@ -79,8 +88,13 @@ class DataSpec:
         return self.labels or ("true" if source_labeled else "none")
 
 
-def make_dataset(spec: DataSpec) -> ImageSet:
-    """The training set ``spec`` describes (its ``source`` names the recipe, e.g. ``digits[size=64]``)."""
+def make_dataset(spec: DataSpec) -> ImageSet | PointCloud:
+    """The training set ``spec`` describes (its ``source`` names the recipe, e.g. ``digits[size=64]``);
+    a :class:`~diffmem.data.points.PointCloud` for a point source (:func:`make_points`) or a
+    points ``.npz``."""
+    if is_point_source(spec.source) or (spec.source.lower().endswith(".npz") and Path(spec.source).is_file()
+                                        and has_points(Path(spec.source))):
+        return _points(spec)
     data = load_source(spec.source, split=spec.split, root=spec.root)
     data = _subset(data, spec.size, spec.classes)
     if spec.resolution is not None:
@@ -89,6 +103,27 @@ def make_dataset(spec: DataSpec) -> ImageSet:
     name = spec.source if not Path(spec.source).exists() else str(Path(spec.source).resolve())
     recipe = ",".join(f"{k}={v}" for k, v in spec.to_dict().items() if k != "source" and v is not None)
     return ImageSet(data.images, labels, source=f"{name}[{recipe}]")
+
+
+def _points(spec: DataSpec) -> PointCloud:
+    """A point set: the first ``size`` points, labels ``none`` unless asked for (a mixture's labels
+    are its components: ``labels = "true"``). Resolution, classes, split and root do not apply."""
+    for name in ("resolution", "classes", "root"):
+        if getattr(spec, name) is not None:
+            raise InputError(f"{spec.source}: a point cloud has no {name}; leave it out", param=name)
+    if spec.split != "train":
+        raise InputError(f"{spec.source}: a point cloud has only a train split", param="split")
+    if is_point_source(spec.source):
+        if spec.size is None:
+            raise InputError(f"{spec.source}: a point source needs the number of points", param="size")
+        cloud = make_points(spec.source, spec.size, spec.dim, spec.seed)
+    else:
+        cloud = take_points(read_points(spec.source, param="source"), spec.size)
+    mode = spec.labels or "none"
+    labels = assign_labels(cloud.labels, mode, spec.seed, n=len(cloud))
+    recipe = ",".join(f"{k}={v}" for k, v in spec.to_dict().items() if k != "source" and v is not None)
+    name = spec.source if is_point_source(spec.source) else str(Path(spec.source).resolve())
+    return PointCloud(cloud.points, labels, source=f"{name}[{recipe}]")
 
 
 def _subset(data: ImageSet, size: int | None, classes: int | None) -> ImageSet:

@@ -10,12 +10,17 @@ from diffmem.denoisers.networks import build_network
 from diffmem.denoisers.precond import PRECONDS
 
 
-def build_denoiser(config: TrainConfig, *, resolution: int, in_channels: int, num_classes: int = 0) -> torch.nn.Module:
+def build_denoiser(config: TrainConfig, *, resolution: int, in_channels: int, num_classes: int = 0,
+                   dim: int = 0) -> torch.nn.Module:
     """The preconditioned network ``config`` describes for images of shape (in_channels, resolution,
     resolution) and ``num_classes`` classes (0 = unconditional), with freshly initialized weights
-    (seed them with ``torch.manual_seed`` first for reproducible initial weights)."""
+    (seed them with ``torch.manual_seed`` first for reproducible initial weights). ``dim > 0``: a
+    network for points of shape (dim,) instead (an MLP)."""
     knobs = {k: getattr(config, k) for k in NETWORK_FIELDS if k not in ("arch", "preset")}
+    if dim:
+        knobs["dim"] = dim
     net = build_network(config.arch, preset=config.preset,
                         img_resolution=resolution, in_channels=in_channels, num_classes=num_classes,
                         **{k: v for k, v in knobs.items() if v is not None})
-    return PRECONDS[config.precond](net, shape=(in_channels, resolution, resolution), num_classes=num_classes)
+    shape = (dim,) if dim else (in_channels, resolution, resolution)
+    return PRECONDS[config.precond](net, shape=shape, num_classes=num_classes)
