@@ -51,6 +51,7 @@ def entry() -> None:
 from diffmem.cli.data_cmd import data_cmd  # noqa: E402
 from diffmem.cli.demo_cmd import demo_cmd  # noqa: E402
 from diffmem.cli.memorization_cmd import memorization_cmd  # noqa: E402
+from diffmem.cli.quality_cmd import quality_cmd  # noqa: E402
 from diffmem.cli.report_cmd import report_cmd  # noqa: E402
 from diffmem.cli.sample_cmd import sample_cmd  # noqa: E402
 from diffmem.cli.sweep_cmd import emm_cmd, sweep_cmd  # noqa: E402
@@ -58,3 +59,4 @@ from diffmem.cli.train_cmd import train_cmd  # noqa: E402
 
 for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, sweep_cmd, report_cmd, demo_cmd):
     main.add_command(_command)
+main.add_command(quality_cmd)

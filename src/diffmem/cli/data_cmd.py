@@ -14,8 +14,23 @@ import numpy as np
 from diffmem.atomic import prepare_output
 from diffmem.data.io import write_dataset_zip
 from diffmem.data.points import is_point_source, save_points
-from diffmem.data.spec import MAX_RESOLUTION, MIN_RESOLUTION, DataSpec, make_dataset
+from diffmem.data.spec import MAX_RESOLUTION, MIN_RESOLUTION, DataSpec, heldout_set, make_dataset
 from diffmem.errors import InputError
+
+
+def _heldout_path(heldout_out, heldout_size, out: Path, overwrite: bool) -> Path | None:
+    """The checked --heldout-out path (an unused .zip other than --out), before any work."""
+    if heldout_out is None:
+        if heldout_size is not None:
+            raise InputError("needs --heldout-out (where to write the held-out images)", param="heldout_size")
+        return None
+    if heldout_size is not None and heldout_size < 1:
+        raise InputError(f"must be >= 1, got {heldout_size}", param="heldout_size")
+    if heldout_out.strip() and Path(heldout_out).suffix.lower() != ".zip":
+        raise InputError(f"{heldout_out}: must end in .zip", param="heldout_out")
+    if heldout_out.strip() and Path(heldout_out).resolve() == Path(out).resolve():
+        raise InputError(f"{heldout_out}: is also --out; give the held-out images their own file", param="heldout_out")
+    return prepare_output(heldout_out, kind="file", overwrite=overwrite, param="heldout_out", create=False)
 
 
 @click.command("data")
@@ -33,8 +48,12 @@ from diffmem.errors import InputError
 @click.option("--root", default=None, help="Where a source's files are (cifar10 archive, idx folder).")
 @click.option("--dim", type=int, default=None, help="Point sources (toy2d, gaussian-mixture:K): dimension d [2].")
 @click.option("--out", required=True, help="Output EDM dataset zip (a point source: an .npz of points).")
+@click.option("--heldout-out", default=None,
+              help="Also write held-out images (same source, classes, resolution, labels; none in --out) to this .zip.")
+@click.option("--heldout-size", type=int, default=None,
+              help="Number of held-out images (class-balanced, nested). Default: all the source has left.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, dim, out, overwrite):
+def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, dim, out, overwrite, heldout_out=None, heldout_size=None):
     """Write a training set as an EDM-style dataset zip (PNGs + dataset.json)."""
     spec = DataSpec(source=source, size=size, resolution=resolution, labels=label_mode, classes=classes,
                     seed=seed, split=split, root=root, dim=dim)
@@ -43,12 +62,17 @@ def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, d
     if out.strip() and Path(out).suffix.lower() != ".zip":
         raise InputError(f"{out}: must end in .zip", param="out")
     out = prepare_output(out, kind="file", overwrite=overwrite, param="out", create=False)  # folders: on writing
+    heldout_out = _heldout_path(heldout_out, heldout_size, out, overwrite)
+    held = None if heldout_out is None else heldout_set(spec, heldout_size)  # its errors before any writing
     data = make_dataset(spec)
     write_dataset_zip(out, data.images, data.labels, overwrite=overwrite, param="out")
     n_classes = 0 if data.labels is None else len(np.unique(data.labels))
     c, h, w = data.shape
     mode = spec.label_mode(data.labels is not None)  # with no --labels, labels exist iff the source has them
     click.echo(f"wrote {out}: {len(data)} images, shape {c}x{h}x{w}, {n_classes} classes (labels: {mode})")
+    if held is not None:
+        write_dataset_zip(heldout_out, held.images, held.labels, overwrite=overwrite, param="heldout_out")
+        click.echo(f"wrote {heldout_out}: {len(held)} held-out images (none of them in {out})")
 
 
 def _write_points(spec: DataSpec, out: str, overwrite: bool) -> None:

@@ -22,7 +22,7 @@ from diffmem.data.sources import load_source
 from diffmem.data.labels import DATA_FORMS, assign_labels, parse_labels
 from diffmem.data.points import (MAX_DIM, POINT_SOURCES, PointCloud, check_point_source, has_points,
                                  is_point_source, make_points, read_points, take_points)
-from diffmem.data.subsets import class_balanced_subset, resize, select_classes, take
+from diffmem.data.subsets import class_balanced_indices, class_balanced_subset, resize, select_classes, take
 from diffmem.errors import InputError, check_number
 from diffmem.rng import check_seed
 
@@ -138,3 +138,60 @@ def _subset(data: ImageSet, size: int | None, classes: int | None) -> ImageSet:
     if classes is not None:
         return select_classes(data, classes)
     return data
+
+
+def _subset_index(data: ImageSet, size: int | None, classes: int | None) -> np.ndarray:
+    """Indices into ``data`` of the images :func:`_subset` keeps (the same rules), sorted."""
+    if size is not None:
+        if data.labels is None and classes is None:
+            return np.arange(min(size, len(data)))
+        return class_balanced_indices(data.labels, size, classes, exact=classes is not None)
+    if classes is not None:
+        return np.flatnonzero(np.isin(data.labels, np.unique(data.labels)[:classes]))
+    return np.arange(len(data))
+
+
+def heldout_set(spec: DataSpec, num: int | None = None) -> ImageSet:
+    """Images of ``spec``'s source that are NOT in ``make_dataset(spec)``: same classes, resolution
+    and label handling, for held-out FD, loss gaps and membership tests.
+
+    The pool is the rest of the same split (the first ``classes`` classes only, when given); when
+    the training set takes the whole split, the other split of a source that has one (mnist,
+    fashion-mnist, cifar10). ``num`` takes a nested class-balanced subset of the pool (remainders to
+    the first classes; the first ``num`` of an unlabeled pool); None keeps all of it. Errors name
+    ``heldout_size``.
+    """
+    if num is not None:
+        num = check_number("heldout_size", num, lo=1, integer=True)
+    data = load_source(spec.source, split=spec.split, root=spec.root)
+    kept = np.zeros(len(data), dtype=bool)
+    kept[_subset_index(data, spec.size, spec.classes)] = True
+    in_classes = np.ones(len(data), dtype=bool) if spec.classes is None else \
+        np.isin(data.labels, np.unique(data.labels)[:spec.classes])
+    rest = np.flatnonzero(~kept & in_classes)
+    where = f"the rest of the {spec.split} split"
+    if len(rest):
+        pool = take(data, rest)
+    else:
+        other = "test" if spec.split == "train" else "train"
+        try:
+            pool = load_source(spec.source, split=other, root=spec.root)
+        except InputError:
+            raise InputError(f"no held-out images: the training set uses every image of {spec.source}'s "
+                             f"{spec.split} split; give a smaller size", param="heldout_size") from None
+        if spec.classes is not None:
+            pool = select_classes(pool, spec.classes)
+        where = f"the {other} split"
+    if num is not None:
+        if num > len(pool):
+            raise InputError(f"only {len(pool)} held-out images ({where}), asked for {num}", param="heldout_size")
+        try:
+            index = np.arange(num) if pool.labels is None else class_balanced_indices(pool.labels, num, exact=False)
+        except InputError as err:
+            raise InputError(f"{where}: {err.detail}", param="heldout_size") from None
+        pool = take(pool, index)
+    if spec.resolution is not None:
+        pool = resize(pool, spec.resolution)
+    labels = assign_labels(pool.labels, spec.label_mode(pool.labels is not None), spec.seed, n=len(pool))
+    name = spec.source if not Path(spec.source).exists() else str(Path(spec.source).resolve())
+    return ImageSet(pool.images, labels, source=f"{name}[heldout of size={spec.size},split={spec.split}]")
