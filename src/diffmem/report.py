@@ -39,6 +39,7 @@ class Report:
     lines: list[str] = field(default_factory=list)  # summary sentences
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG)
     table: list[dict] = field(default_factory=list)
+    tables: list[tuple[str, list[dict]]] = field(default_factory=list)  # further (title, rows) tables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def kind_of(folder: Path) -> str:
     raise InputError(f"{folder}: not a run, EMM or sweep folder (no summary.json, emm.json or sweep.json)")
 
 
-def _table_html(rows: list[dict]) -> str:
+def _table_html(rows: list[dict], title: str = "Results") -> str:
     if not rows:
         return ""
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -273,7 +274,7 @@ def _table_html(rows: list[dict]) -> str:
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
-    return f"<h2>Results</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<h2>{html.escape(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_html(report: Report) -> str:
@@ -291,7 +292,7 @@ def render_html(report: Report) -> str:
               "i.filter(x=>x.complete&&x.naturalWidth>0).length;document.body.dataset.figures=i.length;});")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(report.title)}</h1>{lines}{figures}"
-            f"{_table_html(report.table)}<script>{script}</script></body></html>")
+            f"{_table_html(report.table)}{''.join(_table_html(rows, title) for title, rows in report.tables)}<script>{script}</script></body></html>")
 
 
 def make_report(folder, out=None) -> Path:

@@ -27,7 +27,7 @@ def main():
 def run(argv: list[str] | None = None) -> int:
     """Entry point: runs :data:`main`, turning every input error into one line and exit status 2."""
     try:
-        main.main(args=argv, prog_name="diffmem", standalone_mode=False)
+        code = main.main(args=argv, prog_name="diffmem", standalone_mode=False)
     except InputError as err:  # the library names a parameter; the command line names its flag
         message = f"{flag_name(FLAG_OF.get(err.param, err.param))}: {err.detail}" if err.param else str(err)
         click.echo(f"diffmem: error: {message}", err=True)
@@ -40,7 +40,8 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     except click.exceptions.Exit as err:
         return err.exit_code
-    return 0
+    # click returns (not raises) the status of a command that raised Exit(n) (a CI gate's 1)
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def entry() -> None:
@@ -48,6 +49,7 @@ def entry() -> None:
 
 
 # One module a command, each a plain click command over a library function (they import nothing from here).
+from diffmem.cli.audit_cmd import audit_cmd  # noqa: E402
 from diffmem.cli.data_cmd import data_cmd  # noqa: E402
 from diffmem.cli.demo_cmd import demo_cmd  # noqa: E402
 from diffmem.cli.memorization_cmd import memorization_cmd  # noqa: E402
@@ -57,6 +59,6 @@ from diffmem.cli.sample_cmd import sample_cmd  # noqa: E402
 from diffmem.cli.sweep_cmd import emm_cmd, sweep_cmd  # noqa: E402
 from diffmem.cli.train_cmd import train_cmd  # noqa: E402
 
-for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, sweep_cmd, report_cmd, demo_cmd):
+for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, sweep_cmd, report_cmd, demo_cmd, audit_cmd):
     main.add_command(_command)
 main.add_command(quality_cmd)

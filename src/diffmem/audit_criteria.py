@@ -1,0 +1,293 @@
+"""The criteria an audit runs, each as one function of :class:`AuditInputs` returning a :class:`Criterion`.
+
+=================  ==========================================================  ====================
+name               rule (per generated sample x; NN_k its k-th nearest)         needs
+=================  ==========================================================  ====================
+``pixel``          ‖x - NN₁‖ / ‖x - NN₂‖ < 1/3 in pixel space (Yoon et al.)     always
+``features``       the same 1/3 ratio in a feature space (L2 between           ``features``
+                   embeddings)
+``replication``    cosine similarity to the most similar training embedding    ``features``
+                   > 0.5 (Somepalli et al.'s DCR "replication")
+``extraction``     ℓ = d1 / (α · mean distance to the n nearest) < δ           always
+                   (Carlini et al. 2023; :mod:`diffmem.metrics.extraction`)
+``authenticity``   closer to NN₁ than NN₁ is to any other training image       always
+                   (Alaa et al. 2022; :mod:`diffmem.metrics.copying`)
+``copying``        Meehan et al.'s C_T (set-level; ≪ 0 is copying)             ``heldout``
+``membership``     per-image denoising loss, training vs held-out: AUC, TPR    a model and ``heldout``
+                   at 1 % FPR (:mod:`diffmem.metrics.membership`)
+=================  ==========================================================  ====================
+
+A criterion that cannot run says why in its ``explanation`` (``ran=False``). Per-sample criteria
+give ``flags`` (M,) and ``rate`` (their mean); set-level ones (``copying``, ``membership``) give a
+summary only. Distances are in model-space units (one grey level = 1/127.5).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffmem.data.imageset import ImageSet, to_uint8
+from diffmem.data.stream import StreamedSet, chunk_rows
+from diffmem.errors import InputError
+from diffmem.metrics.memorization import bootstrap_ci, is_memorized
+from diffmem.metrics.neighbors import knn
+
+#: Somepalli et al. (DCR) call a generation a replication when its similarity exceeds 0.5.
+REPLICATION_SIMILARITY = 0.5
+
+
+@dataclass
+class Criterion:
+    """One criterion's outcome. Per-sample ``columns`` and ``flags`` have shape (M,)."""
+
+    name: str
+    ran: bool
+    explanation: str  # one line: what was found, or why it was skipped
+    rate: float | None = None  # flagged fraction (per-sample criteria)
+    ci95: tuple[float, float] | None = None
+    flags: np.ndarray | None = None
+    columns: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    figures: list = field(default_factory=list)  # (caption, matplotlib Figure)
+
+
+@dataclass
+class AuditInputs:
+    """What the criteria see: ``train`` (N, C, H, W) possibly memory-mapped, ``generated`` (M, C, H, W)
+    uint8 or float32, ``heldout`` or None, the model (``denoiser``) or None."""
+
+    train: StreamedSet
+    generated: np.ndarray
+    heldout: StreamedSet | None
+    denoiser: object | None
+    features: object | None
+    threshold: float
+    memory_limit: int
+    device: str
+    seed: int
+    progress: bool
+    cache: Path
+    _embedded: dict = field(default_factory=dict)
+
+    def gen_units(self) -> np.ndarray:
+        """The generated images in the training set's representation (so the training set, which
+        may be larger than memory, is never converted): uint8 when it is uint8 (float samples are
+        quantized, as saving them to PNG would), model-space float32 when it is float."""
+        g = self.generated
+        if self.train.images.dtype == np.uint8:
+            return g if g.dtype == np.uint8 else to_uint8(g)
+        return g.astype(np.float32) / 127.5 - 1.0 if g.dtype == np.uint8 else g.astype(np.float32)
+
+    def scale(self) -> float:
+        """Factor from the working units to model space."""
+        return 1.0 / 127.5 if self.train.images.dtype == np.uint8 else 1.0
+
+
+def as_image_set(s: StreamedSet) -> ImageSet:
+    """A StreamedSet as an ImageSet without reading it: its values were checked chunk by chunk when
+    it was opened, so the ImageSet is validated on its first image only."""
+    out = ImageSet(np.asarray(s.images[:1]), source=s.source)
+    out.images, out.labels = s.images, s.labels
+    return out
+
+
+def _stage(ctx: AuditInputs, text: str) -> None:
+    if ctx.progress:
+        print(f"audit:   {text}", file=sys.stderr, flush=True)
+
+
+def pixel(ctx: AuditInputs) -> Criterion:
+    """Yoon et al.'s 1/3 ratio in pixel space, exact, streamed over the training set."""
+    if len(ctx.train) < 2:
+        raise InputError("the memorization ratio needs at least 2 training images", param="train")
+    nb = knn(ctx.gen_units(), ctx.train.images, k=2, memory_limit=ctx.memory_limit, device=ctx.device,
+             progress=ctx.progress)
+    flags = is_memorized(nb.dist[:, 0], nb.dist[:, 1], ctx.threshold)
+    d1, d2 = nb.dist[:, 0] * ctx.scale(), nb.dist[:, 1] * ctx.scale()
+    ci, stderr = bootstrap_ci(flags, 1000, ctx.seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(d1 == 0, 0.0, d1 / d2)
+    return Criterion("pixel", True, f"pixel: {int(flags.sum())} of {len(flags)} samples have d1/d2 < "
+                     f"{ctx.threshold:.4g} in pixel space (Yoon et al.)", float(flags.mean()), ci, flags,
+                     {"nn1": nb.index[:, 0], "nn2": nb.index[:, 1], "d1": d1, "d2": d2, "ratio": ratio},
+                     {"threshold": ctx.threshold, "stderr": stderr, "median_ratio": float(np.median(ratio))})
+
+
+def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train (N, k), generated (M, k)) float32 embeddings in ``ctx.features``, and its name; the
+    training set is embedded chunk by chunk (into a memory-mapped file when (N, k) would take more
+    than a quarter of the memory limit). Extractor failures and malformed outputs raise InputError
+    naming ``features``."""
+    if "train" in ctx._embedded:
+        return ctx._embedded["train"], ctx._embedded["gen"], ctx._embedded["name"]
+    from diffmem.metrics.features import load_features
+
+    rows = chunk_rows(ctx.train.shape, ctx.memory_limit)
+    reference = np.asarray(ctx.train.images[:min(len(ctx.train), rows, 10_000)])
+    extractor = load_features(ctx.features, reference=reference, device=ctx.device)
+    gen = _embed(extractor, ctx.generated, None)
+    k = gen.shape[1]
+    big = len(ctx.train) * k * 4 > ctx.memory_limit // 4
+    train = (np.lib.format.open_memmap(ctx.cache / "train-features.npy", mode="w+", dtype=np.float32,
+                                       shape=(len(ctx.train), k)) if big else np.empty((len(ctx.train), k), np.float32))
+    with tqdm(total=len(ctx.train), desc=f"embedding ({getattr(extractor, 'name', 'features')})", unit="img",
+              disable=not ctx.progress, leave=False) as bar:
+        for i0, block in ctx.train.chunks(rows):
+            train[i0:i0 + len(block)] = _embed(extractor, block, k)
+            bar.update(len(block))
+    name = str(getattr(extractor, "name", ctx.features))
+    ctx._embedded.update(train=train, gen=gen, name=name)
+    return train, gen, name
+
+
+def _embed(extractor, images: np.ndarray, k: int | None) -> np.ndarray:
+    try:
+        out = extractor.embed(images, batch=256, progress=False)
+    except InputError:
+        raise
+    except Exception as err:  # a user's extractor may fail any way: one line naming it
+        raise InputError(f"the feature extractor failed ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})",
+                         param="features") from None
+    out = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out)
+    if out.ndim != 2 or len(out) != len(images) or (k is not None and out.shape[1] != k) or out.shape[1] == 0:
+        want = f"({len(images)}, {k if k is not None else 'k'})"
+        raise InputError(f"the feature extractor returned shape {tuple(out.shape)} for {len(images)} images; "
+                         f"expected {want}", param="features")
+    if not np.issubdtype(out.dtype, np.number) or not np.isfinite(out).all():
+        raise InputError("the feature extractor returned non-finite or non-numeric values", param="features")
+    return out.astype(np.float32, copy=False)
+
+
+def _optional(module: str):
+    """A metric module built beside the audit, or None when this install lacks it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return None
+
+
+def _skip(name: str, why: str) -> Criterion:
+    return Criterion(name, False, f"{name}: skipped, {why}")
+
+
+def features(ctx: AuditInputs) -> Criterion:
+    """The 1/3 ratio between embeddings (L2 in feature space)."""
+    if ctx.features is None:
+        return _skip("features", "no feature space given (--features)")
+    train, gen, name = embedded(ctx)
+    _stage(ctx, f"nearest neighbours in {name} space")
+    nb = knn(gen, train, k=2, memory_limit=ctx.memory_limit, device=ctx.device, progress=ctx.progress)
+    flags = is_memorized(nb.dist[:, 0], nb.dist[:, 1], ctx.threshold)
+    ci, _ = bootstrap_ci(flags, 1000, ctx.seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(nb.dist[:, 0] == 0, 0.0, nb.dist[:, 0] / nb.dist[:, 1])
+    return Criterion("features", True, f"features: {int(flags.sum())} of {len(flags)} samples have d1/d2 < "
+                     f"{ctx.threshold:.4g} between {name} embeddings", float(flags.mean()), ci, flags,
+                     {"nn1": nb.index[:, 0], "nn2": nb.index[:, 1], "d1": nb.dist[:, 0], "d2": nb.dist[:, 1],
+                      "ratio": ratio}, {"space": name, "threshold": ctx.threshold})
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero): ``x / ‖x‖``, (N, k) float32."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+def replication(ctx: AuditInputs) -> Criterion:
+    """DCR's rule: cosine similarity to the most similar training embedding above 0.5. On unit
+    vectors ``cos(a, b) = 1 - ‖a - b‖² / 2``, so the most similar is the L2-nearest."""
+    if ctx.features is None:
+        return _skip("replication", "no feature space given (--features)")
+    train, gen, name = embedded(ctx)
+    unit_train = np.empty_like(train) if not isinstance(train, np.memmap) else np.lib.format.open_memmap(
+        ctx.cache / "train-unit-features.npy", mode="w+", dtype=np.float32, shape=train.shape)
+    rows = chunk_rows((train.shape[1],), ctx.memory_limit)
+    for i0 in range(0, len(train), rows):  # chunk by chunk: the embeddings may be memory-mapped
+        unit_train[i0:i0 + rows] = unit_rows(np.asarray(train[i0:i0 + rows]))
+    nb = knn(unit_rows(gen), unit_train, k=1, memory_limit=ctx.memory_limit, device=ctx.device, progress=ctx.progress)
+    sim = 1.0 - nb.dist[:, 0] ** 2 / 2.0
+    flags = sim > REPLICATION_SIMILARITY
+    ci, _ = bootstrap_ci(flags, 1000, ctx.seed)
+    return Criterion("replication", True, f"replication: {int(flags.sum())} of {len(flags)} samples have cosine "
+                     f"similarity > {REPLICATION_SIMILARITY:g} to a training image in {name} space (DCR)",
+                     float(flags.mean()), ci, flags, {"nn1": nb.index[:, 0], "similarity": sim},
+                     {"space": name, "similarity_threshold": REPLICATION_SIMILARITY,
+                      "median_similarity": float(np.median(sim))})
+
+
+def extraction(ctx: AuditInputs) -> Criterion:
+    """Carlini et al.'s adaptive distance, with the most-copied table as a figure."""
+    ex = _optional("diffmem.metrics.extraction")
+    if ex is None:
+        return _skip("extraction", "diffmem.metrics.extraction is not installed")
+    res = ex.extraction(as_image_set(ctx.train), ctx.gen_units(), memory_limit=ctx.memory_limit, device=ctx.device,
+                        progress=ctx.progress)
+    ci, _ = bootstrap_ci(res.extracted, 1000, ctx.seed)
+    fig = ex.most_copied_figure(res, ctx.train.images, ctx.gen_units())
+    return Criterion("extraction", True, res.explain(), res.fraction, ci, res.extracted,
+                     {"nn1": res.idx1, "d1": res.d1, "mean_n": res.mean_n, "score": res.score}, res.summary(),
+                     [("Most copied training images (Carlini et al.'s extraction)", fig)])
+
+
+def authenticity(ctx: AuditInputs) -> Criterion:
+    """Alaa et al.'s per-sample rule (flags the inauthentic samples)."""
+    copying = _optional("diffmem.metrics.copying")
+    if copying is None:
+        return _skip("authenticity", "diffmem.metrics.copying is not installed")
+    res = copying.authenticity(as_image_set(ctx.train), ctx.gen_units(), memory_limit=ctx.memory_limit,
+                               device=ctx.device)
+    flags = ~res.authentic
+    ci, _ = bootstrap_ci(flags, 1000, ctx.seed)
+    return Criterion("authenticity", True, res.explain(), float(flags.mean()), ci, flags,
+                     {"nn1": res.idx, "d_gen": res.d_gen, "d_train": res.d_train}, res.summary())
+
+
+def copying(ctx: AuditInputs) -> Criterion:
+    """Meehan et al.'s C_T (needs held-out images; k-means on the whole training set in memory)."""
+    if ctx.heldout is None:
+        return _skip("copying", "needs held-out images (--heldout)")
+    cp = _optional("diffmem.metrics.copying")
+    if cp is None:
+        return _skip("copying", "diffmem.metrics.copying is not installed")
+    need = len(ctx.train) * int(np.prod(ctx.train.shape)) * 8
+    if need > ctx.memory_limit:
+        return _skip("copying", f"its k-means cells need the training set in memory as float64 "
+                                f"({need / 2**20:.0f} MiB > the memory limit)")
+    held = ctx.heldout.images
+    held = np.asarray(held) if held.dtype == ctx.train.images.dtype else (
+        to_uint8(held) if ctx.train.images.dtype == np.uint8 else np.asarray(held, np.float32) / 127.5 - 1.0)
+    res = cp.data_copying(np.asarray(ctx.train.images), held, ctx.gen_units(), seed=ctx.seed,
+                          memory_limit=ctx.memory_limit, device=ctx.device)
+    return Criterion("copying", True, res.explain(), summary=res.summary(),
+                     columns={k.removeprefix("copying_"): v for k, v in res.per_sample().items()})
+
+
+def membership(ctx: AuditInputs) -> Criterion:
+    """Membership inference from the per-image denoising loss (needs a model and held-out images)."""
+    if ctx.denoiser is None:
+        return _skip("membership", "needs a model, not samples")
+    if ctx.heldout is None:
+        return _skip("membership", "needs held-out images (--heldout)")
+    mm = _optional("diffmem.metrics.membership")
+    if mm is None:
+        return _skip("membership", "diffmem.metrics.membership is not installed")
+    res = mm.membership(ctx.denoiser, as_image_set(ctx.train), as_image_set(ctx.heldout), seed=ctx.seed,
+                        device=ctx.device)
+    figs = []
+    if hasattr(mm, "roc_figure"):
+        figs.append(("Membership inference ROC (training vs held-out)", mm.roc_figure(res)))
+    return Criterion("membership", True, res.explain(), summary=res.summary(), figures=figs)
+
+
+CRITERIA = (("pixel", pixel), ("features", features), ("replication", replication), ("extraction", extraction),
+            ("authenticity", authenticity), ("copying", copying), ("membership", membership))
