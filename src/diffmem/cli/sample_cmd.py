@@ -37,7 +37,8 @@ def write_images(path: str | Path, images: np.ndarray, labels=None) -> Path:
 @click.command("sample")
 @click.option("--optimal", is_flag=True, help="Sample the closed-form optimal denoiser of --train.")
 @click.option("--train", "train_path", default=None, help="Training set for --optimal.")
-@click.option("--network", default=None, help="A training run folder, or one snapshot file in it.")
+@click.option("--network", default=None,
+              help="A training run folder or snapshot file, a diffusers UNet2DModel folder, or a TorchScript file.")
 @click.option("--num", type=int, required=True, help="Number of images.")
 @click.option("--out", "out_path", required=True, help="Output: a PNG folder, an .npz or an EDM .zip.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=_DEFAULTS["sampler"], show_default=True)
@@ -74,13 +75,16 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
     else:
         if regularize:
             raise InputError("only applies to --optimal", param="regularize")
+        from diffmem.denoisers.adapters import is_run, load_denoiser
         from diffmem.runs import load_run
 
-        run = load_run(network, device=device)
-        D = run.denoiser
+        if is_run(network) or not Path(network).exists():
+            run = load_run(network, device=device)
+            D, source = run.denoiser, {"network": str(network), "epoch": run.epoch}
+        else:  # a diffusers folder or a TorchScript file
+            D, source = load_denoiser(network, device=device, param="network"), {"network": str(network)}
         lab = conditioning_labels(labels if labels is not None else ("random" if D.num_classes else None), num,
                                   D.num_classes, seed)
-        source = {"network": str(network), "epoch": run.epoch}
     shape = D.shape
     if len(shape) == 1 and Path(out_path).suffix.lower() != ".npz":
         raise InputError(f"{out_path}: samples of shape {tuple(shape)} are points; give an .npz", param="out")
