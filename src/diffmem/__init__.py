@@ -62,6 +62,9 @@ _EXPORTS = {
     "FeatureExtractor": "diffmem.metrics.features", "frechet_distance": "diffmem.metrics.quality",
     "gaussian_frechet": "diffmem.metrics.quality", "sample_quality": "diffmem.metrics.quality",
     "loss_gap": "diffmem.metrics.quality", "heldout_set": "diffmem.data.spec",
+    # the two-split test (Kadkhodaie et al. 2024)
+    "run_twosplit": "diffmem.twosplit", "plan_from_spec": "diffmem.twosplit", "TwoSplitSettings": "diffmem.twosplit",
+    "split_order": "diffmem.twosplit", "pair_measures": "diffmem.twosplit",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -58,7 +58,9 @@ from diffmem.cli.report_cmd import report_cmd  # noqa: E402
 from diffmem.cli.sample_cmd import sample_cmd  # noqa: E402
 from diffmem.cli.sweep_cmd import emm_cmd, sweep_cmd  # noqa: E402
 from diffmem.cli.train_cmd import train_cmd  # noqa: E402
+from diffmem.cli.twosplit_cmd import twosplit_cmd  # noqa: E402
 
-for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, sweep_cmd, report_cmd, demo_cmd, audit_cmd):
+for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, sweep_cmd, report_cmd, demo_cmd, audit_cmd,
+                 twosplit_cmd):
     main.add_command(_command)
 main.add_command(quality_cmd)
