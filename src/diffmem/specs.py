@@ -46,6 +46,9 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 #: Each mode and the table of mode-specific settings it reads (``None``: none). Modes other than
 #: ``runs`` and ``emm`` are run by their own modules, which validate ``Spec.settings`` themselves.
 MODE_SECTIONS = {"runs": None, "emm": "emm", "timescales": "timescales", "twosplit": "twosplit"}
+MODE_SECTIONS["regularization"] = "regularization"  # closed-form optima (diffmem.regularization)
+#: Modes that train nothing: their [train] table may be left out (then ``Cell.train`` is None).
+UNTRAINED_MODES = ("regularization",)
 TOP_KEYS = ("name", "mode", "combine", "data", "train", "axes", *(s for s in MODE_SECTIONS.values() if s))
 
 
@@ -92,7 +95,7 @@ class Cell:
     name: str  # its folder name, from the knob values
     knobs: dict  # axis key -> value
     data: DataSpec
-    train: TrainConfig
+    train: TrainConfig | None  # None in modes that train nothing (UNTRAINED_MODES)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "knobs": self.knobs, "data": self.data.to_dict(), "train": self.train.to_dict()}
@@ -125,7 +128,8 @@ class Spec:
                 (data if section == "data" else train)[name] = value
             where = ", ".join(f"{k}={v!r}" for k, v in knobs.items()) or "the base config"
             data_spec = self._build(DataSpec, data, "data", where)
-            train_config = self._build(TrainConfig, train, "train", where)
+            untrained = self.mode in UNTRAINED_MODES and not self.train  # then [axes] holds data fields only
+            train_config = None if untrained else self._build(TrainConfig, train, "train", where)
             name = cell_name(knobs)
             if name in names:
                 raise InputError(f"{self.path}: [axes] two cells are both {where} (duplicate values)")
