@@ -56,3 +56,79 @@ def test_per_image_loss_takes_an_imagesets_labels_for_a_conditional_denoiser():
     direct = per_image_loss(_linear_D, images.images, [0.5], labels=images.labels)
     np.testing.assert_allclose(per_image_loss(D, images, [0.5]), direct, rtol=1e-7)
     assert not np.allclose(per_image_loss(_linear_D, images, [0.5]), direct)  # unconditional: no labels
+
+
+# --- AUC, ROC and TPR at 1 % FPR on planted scores -------------------------------------------------
+
+from diffmem.metrics.membership import (  # noqa: E402
+    DEFAULT_SIGMAS, auc_score, membership, roc, roc_figure, t_error, tpr_at_fpr,
+)
+
+
+def test_auc_equals_a_direct_pairwise_count():
+    rng = np.random.default_rng(3)
+    members = rng.integers(0, 20, 70).astype(float)  # many ties
+    others = rng.integers(5, 25, 90).astype(float)
+    pairs = members[:, None] - others[None, :]
+    direct = ((pairs < 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size  # P(member lower) + ½ P(tie)
+    assert auc_score(members, others) == pytest.approx(direct, abs=1e-12)
+
+
+def test_planted_scores_give_known_auc_and_tpr():
+    fpr, tpr = roc(np.arange(10.0), np.arange(10.0) + 100)  # perfectly separated: members lower
+    assert auc_score(np.arange(10.0), np.arange(10.0) + 100) == 1.0 and tpr_at_fpr(fpr, tpr) == 1.0
+    assert auc_score(np.arange(10.0) + 100, np.arange(10.0)) == 0.0
+    # 30 members below all 50 held-out; 20 members tied with the lowest held-out image: the ROC runs
+    # (0, 0.6) -> (0.02, 1.0) in one diagonal step, so at FPR 0.01 the interpolated TPR is 0.8.
+    members, others = np.r_[np.full(30, -1.0), np.zeros(20)], np.arange(50.0)
+    fpr, tpr = roc(members, others)
+    assert tpr_at_fpr(fpr, tpr, 0.01) == pytest.approx(0.8)
+    assert tpr_at_fpr(fpr, tpr, 0.02) == pytest.approx(1.0)  # the top of a vertical step
+    assert auc_score(members, others) == pytest.approx((30 * 50 + 20 * (49 + 0.5)) / (50 * 50))
+    rng = np.random.default_rng(4)
+    same = auc_score(rng.normal(size=4000), rng.normal(size=4000))  # identical distributions
+    assert abs(same - 0.5) < 0.02
+
+
+def test_the_optimum_recognises_its_own_training_set(digits):
+    from diffmem.data import ImageSet
+    from diffmem.denoisers.optimal import OptimalDenoiser
+
+    train, held = ImageSet(digits.images[:40]), ImageSet(digits.images[40:80])
+    D = OptimalDenoiser(train)
+    for method in ("loss", "secmi"):
+        res = membership(D, train, held, method=method, sigmas=[0.05] if method == "loss" else None)
+        assert res.auc == 1.0 and res.tpr_at_1fpr == 1.0, method
+        assert res.train_stats.max() < 1e-6 < res.heldout_stats.min()
+        assert res.summary()["auc"] == 1.0 and "AUC = 1.000" in res.explain()
+    fig = roc_figure(res)
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"
+
+
+def test_t_error_of_a_linear_denoiser_equals_a_direct_ddim_loop():
+    """D(x; σ) = x/(1 + σ²) (the optimum for N(0, I) data): every Euler step multiplies x by
+    1 + (σ' - σ)·(1 - 1/(1+σ²))/σ. SecMI's grid is DDPM's σ at t = 0, 10, …, 100 and 110."""
+    alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    s_t = np.sqrt((1 - alpha_bar) / alpha_bar)[np.arange(0, 111, 10)]
+    assert DEFAULT_SIGMAS["secmi"][0] == pytest.approx(s_t[10], rel=1e-12)
+
+    def step(s0, s1):
+        return 1 + (s1 - s0) * (1 - 1 / (1 + s0**2)) / s0
+
+    y = np.random.default_rng(5).uniform(-1, 1, (3, 1, 2, 2))
+    x_t = y * np.prod([step(a, b) for a, b in zip(s_t[:10], s_t[1:11])])
+    back = x_t * step(s_t[10], s_t[11]) * step(s_t[11], s_t[10])
+    expected = ((back - x_t) ** 2).reshape(3, -1).mean(1)
+    got = t_error(lambda x, s, c: x / (1 + s.reshape(-1, 1, 1, 1) ** 2), y.astype(np.float32), s_t[10])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"method": "lira"}, "method"), ({"sigmas": []}, "sigmas"),
+                                           ({"method": "secmi", "sigmas": [150.0]}, "sigmas"),
+                                           ({"method": "secmi", "sigmas": [0.001]}, "sigmas")])
+def test_membership_refuses_bad_settings(kwargs, needle):
+    from diffmem.errors import InputError
+
+    x = np.zeros((2, 1, 2, 2), np.uint8)
+    with pytest.raises(InputError, match=needle):
+        membership(_linear_D, x, x, **kwargs)

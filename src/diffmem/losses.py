@@ -77,7 +77,7 @@ class VPLoss(_Loss):
 LOSSES = {"edm": EDMLoss, "vp": VPLoss}
 
 
-def _model_space(images) -> tuple[torch.Tensor, np.ndarray | None]:
+def as_model_images(images) -> tuple[torch.Tensor, np.ndarray | None]:
     """(float32 tensor (N, C, H, W) in model space, the set's labels or None) from an ImageSet,
     uint8 pixels (``/127.5 - 1``), or a float model-space array/tensor."""
     if isinstance(images, ImageSet):
@@ -112,7 +112,7 @@ def per_image_loss(D, images, sigmas, *, labels=None, seed: int = 0, batch: int 
     uint8 pixels (N, C, H, W), or floats already in model space. ``sigmas``: S positive noise
     levels. ``labels``: None or N class indices. Evaluated in batches of ``batch`` on ``device``.
     """
-    y_all, set_labels = _model_space(images)
+    y_all, set_labels = as_model_images(images)
     sig = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
     if sig.ndim != 1 or len(sig) == 0 or not (np.isfinite(sig).all() and (sig > 0).all()):
         raise InputError(f"must be one or more finite positive noise levels, got {sigmas!r}", param="sigmas")
