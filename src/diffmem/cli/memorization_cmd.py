@@ -11,7 +11,10 @@ from diffmem.atomic import prepare_output, write_json, write_npz
 from diffmem.cli.options import parse_bytes, parse_fraction, resolve_device
 from diffmem.data.io import load_image_set
 from diffmem.errors import check_number
-from diffmem.metrics.memorization import MAX_BOOTSTRAP, memorization
+from diffmem.metrics.features import parse_features
+from diffmem.metrics.memorization import (
+    DEFAULT_SIMILARITY_THRESHOLD, MAX_BOOTSTRAP, METRICS, feature_memorization, memorization,
+)
 from diffmem.rng import check_seed
 
 OUTPUTS = ("neighbors.npz", "neighbors.png", "summary.json")
@@ -30,22 +33,41 @@ OUTPUTS = ("neighbors.npz", "neighbors.png", "summary.json")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the bootstrap.")
 @click.option("--quantize/--no-quantize", default=False, show_default=True,
               help="Round float generated images to uint8 first, as saving them to PNG would (seed 001).")
+@click.option("--features", default=None,
+              help="Measure in a feature space: pixels, pca:K (fitted on --train), classifier (with --source) "
+                   "or a TorchScript file (float32 NCHW in [-1, 1] -> (N, k)). Default: exact pixel L2.")
+@click.option("--metric", default=None, type=click.Choice(METRICS),
+              help="Feature-space distance (default cosine; implies --features pixels if not given).")
+@click.option("--similarity-threshold", default=DEFAULT_SIMILARITY_THRESHOLD, show_default=True, type=float,
+              help="Cosine: a sample is a replication when its nearest training similarity exceeds this (DCR).")
+@click.option("--source", default=None, help="Built-in source of --features classifier (digits, mnist, fashion-mnist).")
 def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, memory_limit, device, bootstrap, seed,
-                     quantize):
+                     quantize, features, metric, similarity_threshold, source):
     """Memorization ratio: the share of generated images whose nearest training image is
-    closer than THRESHOLD times the second nearest (exact L2 in pixel space)."""
+    closer than THRESHOLD times the second nearest (exact L2 in pixel space, or in the feature
+    space of --features with --metric cosine|l2)."""
     threshold = check_number("threshold", parse_fraction(threshold, "threshold"), lo=0.0, lo_open=True, hi=1.0)
     bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=MAX_BOOTSTRAP, integer=True)
     seed = check_seed(seed, "seed")
     limit = parse_bytes(memory_limit, "memory_limit")
+    similarity_threshold = check_number("similarity_threshold", similarity_threshold, lo=-1.0, hi=1.0)
+    if features is not None:
+        parse_features(features)  # a bad spec or missing file is named before any image is read
     if out_dir is not None and not out_dir.strip():
         prepare_output(out_dir, kind="folder", names=OUTPUTS)  # refuses the empty path, naming --out
     device = resolve_device(device)
     train = load_image_set(train_path, what="train")
     generated = load_image_set(generated_path, what="generated")
-    out = prepare_output(out_dir, kind="folder", names=OUTPUTS) if out_dir is not None else None  # after the inputs
-    result = memorization(train, generated, threshold=threshold, memory_limit=limit, device=device,
-                          bootstrap=bootstrap, seed=seed, quantize=quantize, progress=sys.stderr.isatty())
+    if out_dir is not None:  # checked after the inputs, created only once the measurement succeeded
+        prepare_output(out_dir, kind="folder", names=OUTPUTS, create=False)
+    common = dict(threshold=threshold, memory_limit=limit, device=device, bootstrap=bootstrap, seed=seed,
+                  progress=sys.stderr.isatty())
+    if features is None and metric is None:
+        result = memorization(train, generated, quantize=quantize, **common)
+    else:
+        result = feature_memorization(train, generated, features=features or "pixels", metric=metric or "cosine",
+                                      similarity_threshold=similarity_threshold, source=source, **common)
+    out = prepare_output(out_dir, kind="folder", names=OUTPUTS) if out_dir is not None else None
     summary = {"train": str(train_path), "generated": str(generated_path), **result.summary()}
     if out:
         _write_outputs(out, result, generated, train, summary)
@@ -58,6 +80,8 @@ def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, me
         f"{int(result.memorized.sum())} of {result.n_generated} generated images copy one of "
         f"{result.n_train} training images (d1/d2 < {threshold:.4g})"
     )
+    if hasattr(result, "explain"):
+        click.echo(result.explain())
     if out:
         click.echo(f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
 
@@ -67,7 +91,9 @@ def _write_outputs(out, result, generated, train, summary: dict) -> None:
     ``summary.json``."""
     from diffmem.plots import save_neighbor_grid
 
-    write_npz(out / "neighbors.npz", d1=result.d1, d2=result.d2, idx1=result.idx1, idx2=result.idx2,
-              memorized=result.memorized, nn_ratio=result.nn_ratio)
+    per_sample = result.per_sample() if hasattr(result, "per_sample") else dict(
+        d1=result.d1, d2=result.d2, idx1=result.idx1, idx2=result.idx2, memorized=result.memorized,
+        nn_ratio=result.nn_ratio)
+    write_npz(out / "neighbors.npz", **per_sample)
     save_neighbor_grid(out / "neighbors.png", generated.images, train.images, result)
     write_json(out / "summary.json", summary, allow_nan=False)

@@ -182,3 +182,140 @@ def memorization(
         memorized=memorized, threshold=threshold, n_train=len(t_pix), ci95=ci95, stderr=stderr,
         bootstrap=bootstrap, extra={"n_exact_rechecks": nb.n_fallback},
     )
+
+
+# Feature space ------------------------------------------------------------------------------------
+
+#: Somepalli et al. 2023 ("Diffusion Art or Digital Forgery?", DCR): SSCD cosine similarity above 0.5
+#: to the nearest training image is a "replication" (Wen et al. 2024 use 0.7 for "memorized").
+DEFAULT_SIMILARITY_THRESHOLD = 0.5
+#: Quantiles of the train-to-train nearest similarity (or distance) reported as background.
+BACKGROUND_QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
+METRICS = ("cosine", "l2")
+
+
+@dataclass
+class FeatureMemorizationResult(MemorizationResult):
+    """:class:`MemorizationResult` measured in a feature space: ``d1``, ``d2``, ``idx1``, ``idx2`` and
+    the 1/3 rule as before, in embedding units (``metric="cosine"``: chord distances ``‖u - v‖`` of
+    unit vectors, so ``cos = 1 - d²/2``). ``similarity`` (M,) is the cosine similarity to the nearest
+    training image (None for ``l2``); ``replicated`` (M,) flags ``similarity > similarity_threshold``.
+    ``background`` holds the quantiles of the training images' own nearest-other similarity (cosine)
+    or distance (l2), the scale against which the generated values read."""
+
+    features: str = "pixels"
+    metric: str = "cosine"
+    dim: int = 0
+    similarity: np.ndarray | None = None  # (M,) float64
+    similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD
+    background: dict = field(default_factory=dict)  # {"q0.01": value, ...}
+
+    @property
+    def replicated(self) -> np.ndarray | None:
+        """(M,) bool: cosine similarity to the nearest training image above the threshold."""
+        return None if self.similarity is None else self.similarity > self.similarity_threshold
+
+    def per_sample(self) -> dict:
+        """(M,) arrays for a per-sample CSV/npz."""
+        out = {"d1": self.d1, "d2": self.d2, "idx1": self.idx1, "idx2": self.idx2,
+               "memorized": self.memorized, "nn_ratio": self.nn_ratio}
+        if self.similarity is not None:
+            out.update(similarity=self.similarity, replicated=self.replicated)
+        return out
+
+    def summary(self) -> dict:
+        """The pixel summary's keys, plus the feature space, metric, replication fraction (cosine
+        only, else None) and the background quantiles."""
+        rep = self.replicated
+        return {**super().summary(), "features": self.features, "metric": self.metric, "feature_dim": self.dim,
+                "similarity_threshold": self.similarity_threshold if rep is not None else None,
+                "replication_fraction": None if rep is None else float(rep.mean()),
+                "median_nearest_similarity": None if rep is None else float(np.median(self.similarity)),
+                "background_train_nn": dict(self.background)}
+
+    def explain(self) -> str:
+        """One line: both rules, and the background for scale."""
+        line = (f"{self.features} features ({self.metric}): {self.ratio:.1%} memorized (d1/d2 < "
+                f"{self.threshold:.4g})")
+        if self.similarity is not None:
+            line += (f", {self.replicated.mean():.1%} replicated (nearest cosine similarity > "
+                     f"{self.similarity_threshold:g}; higher = closer copy; training images' own nearest "
+                     f"similarity: median {self.background.get('q0.5', float('nan')):.3f})")
+        return line
+
+
+def _embeddings(extractor, images, name: str, batch: int, progress: bool) -> np.ndarray:
+    """(N, k) float64 features, checked: finite, one row per image, 2-D."""
+    emb = np.asarray(extractor.embed(images, batch=batch, progress=progress), dtype=np.float64)
+    if emb.ndim != 2 or len(emb) != len(images):
+        raise InputError(f"{extractor.name}: returned features of shape {emb.shape} for {len(images)} {name} "
+                         f"images; expected (N, k)", param="features")
+    if not np.isfinite(emb).all():
+        raise InputError(f"{extractor.name}: returned NaN or Inf features for {name} images", param="features")
+    return emb
+
+
+def _unit_rows(emb: np.ndarray, name: str, extractor) -> np.ndarray:
+    """Rows scaled to unit L2 norm (cosine top-k = L2 top-k on these); a zero row has no direction."""
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    if (norms == 0).any():
+        i = int(np.flatnonzero(norms[:, 0] == 0)[0])
+        raise InputError(f"{extractor.name}: the feature vector of {name} image {i} is zero (no cosine "
+                         f"similarity); use --metric l2", param="features")
+    return emb / norms
+
+
+def feature_memorization(
+    train, generated, *, features="pixels", metric: str = "cosine", threshold: float = DEFAULT_THRESHOLD,
+    similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD, source: str | None = None, batch: int = 256,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT, device: str | None = None, bootstrap: int = 1000, seed: int = 0,
+    progress: bool = False,
+) -> FeatureMemorizationResult:
+    """The memorization audit in a feature space (``features``: ``pixels``, ``pca:K`` fitted on
+    ``train``, ``classifier`` with ``source``, a TorchScript file, or a
+    :class:`~diffmem.metrics.features.FeatureExtractor`).
+
+    Both sets are embedded in batches of ``batch``; the exact top-2 engine
+    (:func:`~diffmem.metrics.neighbors.knn`) then finds each generated image's nearest training
+    images, in L2 or — on unit-normalised embeddings — cosine (``metric``). Reports the 1/3 rule in
+    that space, the share above ``similarity_threshold`` (cosine), and the train-to-train nearest
+    similarities for scale. ``train`` (N, C, H, W), N ≥ 2, and ``generated`` (M, C, H, W) as for
+    :func:`memorization`.
+    """
+    from diffmem.metrics.features import load_features
+
+    threshold = check_number("threshold", threshold, lo=0.0, lo_open=True, hi=1.0)
+    similarity_threshold = check_number("similarity_threshold", similarity_threshold, lo=-1.0, hi=1.0)
+    bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=MAX_BOOTSTRAP, integer=True)
+    batch = check_number("batch", batch, lo=1, integer=True)
+    seed = check_seed(seed)
+    if metric not in METRICS:
+        raise InputError(f"expected cosine or l2, got {metric!r}", param="metric")
+    t_pix, t_src = _as_pixels(train, "train")
+    g_pix, g_src = _as_pixels(generated, "generated")
+    if t_pix.shape[1:] != g_pix.shape[1:]:
+        raise InputError(f"{g_src}generated images have shape {tuple(g_pix.shape[1:])} but training images "
+                         f"have {tuple(t_pix.shape[1:])}", param="generated")
+    if len(t_pix) < 2:
+        raise InputError(f"{t_src}the memorization ratio needs at least 2 training images", param="train")
+    extractor = load_features(features, reference=train, source=source, device=device or "cpu")
+    e_t = _embeddings(extractor, train, "training", batch, progress)
+    e_g = _embeddings(extractor, generated, "generated", batch, progress)
+    if e_t.shape[1] != e_g.shape[1]:
+        raise InputError(f"{extractor.name}: {e_t.shape[1]} features per training image but {e_g.shape[1]} "
+                         f"per generated image", param="features")
+    if metric == "cosine":
+        e_t, e_g = _unit_rows(e_t, "training", extractor), _unit_rows(e_g, "generated", extractor)
+    nb = knn(e_g, e_t, k=2, memory_limit=memory_limit, device=device, progress=progress)
+    own = knn(e_t, e_t, k=2, memory_limit=memory_limit, device=device).dist[:, 1]  # nearest *other*
+    memorized = is_memorized(nb.dist[:, 0], nb.dist[:, 1], threshold)
+    ci95, stderr = bootstrap_ci(memorized, bootstrap, seed) if bootstrap else (None, None)
+    to_sim = (lambda d: 1.0 - d**2 / 2.0) if metric == "cosine" else (lambda d: d)  # cos = 1 - ‖u - v‖²/2
+    return FeatureMemorizationResult(
+        d1=nb.dist[:, 0], d2=nb.dist[:, 1], idx1=nb.index[:, 0], idx2=nb.index[:, 1], memorized=memorized,
+        threshold=threshold, n_train=len(t_pix), ci95=ci95, stderr=stderr, bootstrap=bootstrap,
+        extra={"n_exact_rechecks": nb.n_fallback}, features=extractor.name, metric=metric, dim=e_t.shape[1],
+        similarity=to_sim(nb.dist[:, 0]) if metric == "cosine" else None,
+        similarity_threshold=similarity_threshold,
+        background={f"q{q:g}": float(np.quantile(to_sim(own), q)) for q in BACKGROUND_QUANTILES},
+    )
