@@ -46,6 +46,12 @@ _EXPORTS = {
     # measuring
     "memorization": "diffmem.metrics.memorization", "MemorizationResult": "diffmem.metrics.memorization",
     "knn": "diffmem.metrics.neighbors", "neighbor_grid": "diffmem.plots",
+    # audit criteria: feature space (DCR), extraction (Carlini et al.), data copying and authenticity
+    "feature_memorization": "diffmem.metrics.memorization",
+    "FeatureMemorizationResult": "diffmem.metrics.memorization", "extraction": "diffmem.metrics.extraction",
+    "ExtractionResult": "diffmem.metrics.extraction", "most_copied_figure": "diffmem.metrics.extraction",
+    "data_copying": "diffmem.metrics.copying", "DataCopyingResult": "diffmem.metrics.copying",
+    "authenticity": "diffmem.metrics.copying", "AuthenticityResult": "diffmem.metrics.copying",
     # training
     "TrainConfig": "diffmem.config", "RunPlan": "diffmem.config", "plan_run": "diffmem.config",
     "train": "diffmem.training", "dry_run": "diffmem.training", "TrainingDiverged": "diffmem.training",
