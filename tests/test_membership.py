@@ -1,12 +1,15 @@
 """Membership inference: the per-image loss against a direct loop; AUC and TPR at 1 % FPR on planted
 scores against direct counts; the optimum's own training set is recognised at small σ."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from diffmem.losses import per_image_loss
 from diffmem.rng import MEMBERSHIP, derive_seed
+from tests.conftest import one_line
 
 
 def _linear_D(x, sigma, labels=None):
@@ -132,3 +135,59 @@ def test_membership_refuses_bad_settings(kwargs, needle):
     x = np.zeros((2, 1, 2, 2), np.uint8)
     with pytest.raises(InputError, match=needle):
         membership(_linear_D, x, x, **kwargs)
+
+
+# --- diffmem membership ----------------------------------------------------------------------------
+
+class _Shrink(torch.nn.Module):
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor):
+        return x / (1 + sigma.reshape(-1, 1, 1, 1) ** 2)
+
+
+@pytest.fixture
+def member_files(tmp_path, digits):
+    from diffmem.data import write_dataset_zip
+    from diffmem.denoisers.adapters import save_torchscript
+
+    write_dataset_zip(tmp_path / "train.zip", digits.images[:12])
+    write_dataset_zip(tmp_path / "held.zip", digits.images[12:24])
+    save_torchscript(_Shrink(), tmp_path / "model.pt", shape=(1, 8, 8))
+    return tmp_path
+
+
+def test_membership_cli_writes_scores_roc_and_summary(member_files, run_cli):
+    t = member_files
+    code, out, err = run_cli(["membership", "--model", t / "model.pt", "--train", t / "train.zip", "--heldout",
+                              t / "held.zip", "--sigma", "0.1,0.5", "--out", t / "mi", "--json"])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["sigmas"] == [0.1, 0.5] and summary["n_train"] == 12 and 0 <= summary["auc"] <= 1
+    assert sorted(p.name for p in (t / "mi").iterdir()) == ["roc.png", "scores.npz", "summary.json"]
+    scores = np.load(t / "mi" / "scores.npz")
+    D = lambda x, s, c: x / (1 + s.reshape(-1, 1, 1, 1) ** 2)  # noqa: E731 -- the scripted model, directly
+    np.testing.assert_allclose(scores["train_stats"], per_image_loss(D, _digits12(t), [0.1, 0.5]), rtol=1e-5)
+    # a second run into the same folder is refused, nothing overwritten
+    again = run_cli(["membership", "--model", t / "model.pt", "--train", t / "train.zip", "--heldout",
+                     t / "held.zip", "--out", t / "mi"])
+    one_line(*again, "--out")
+
+
+def _digits12(t):
+    from diffmem.data.io import load_image_set
+
+    return load_image_set(t / "train.zip")
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"--model": "empty"}, "--model"), ({"--model": "missing.pt"}, "--model"), ({"--heldout": "nope.zip"}, "--heldout"),
+    ({"--sigma": "abc"}, "--sigma"), ({"--sigma": "-1"}, "--sigma"), ({"--sigma": "0.1,"}, "--sigma"),
+    ({"--method": "lira"}, "--method"), ({"--seed": "-3"}, "--seed"), ({"--method": "secmi", "--sigma": "500"}, "--sigma"),
+])
+def test_membership_cli_bad_input_is_one_line(member_files, run_cli, change, needle):
+    t = member_files
+    (t / "empty").mkdir()
+    args = {"--model": "model.pt", "--train": "train.zip", "--heldout": "held.zip", **change}
+    argv = ["membership"]
+    for flag, value in args.items():
+        argv += [flag, t / value if flag in ("--model", "--train", "--heldout") else value]
+    one_line(*run_cli(argv), needle)

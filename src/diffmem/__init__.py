@@ -71,6 +71,13 @@ _EXPORTS = {
     # the two-split test (Kadkhodaie et al. 2024)
     "run_twosplit": "diffmem.twosplit", "plan_from_spec": "diffmem.twosplit", "TwoSplitSettings": "diffmem.twosplit",
     "split_order": "diffmem.twosplit", "pair_measures": "diffmem.twosplit",
+    # any model as a denoiser (diffusers, TorchScript) and membership inference
+    "load_denoiser": "diffmem.denoisers.adapters", "load_diffusers": "diffmem.denoisers.adapters",
+    "load_torchscript": "diffmem.denoisers.adapters", "save_torchscript": "diffmem.denoisers.adapters",
+    "DiffusersDenoiser": "diffmem.denoisers.adapters", "TorchScriptDenoiser": "diffmem.denoisers.adapters",
+    "per_image_loss": "diffmem.losses", "membership": "diffmem.metrics.membership",
+    "MembershipResult": "diffmem.metrics.membership", "roc_figure": "diffmem.metrics.membership",
+    "t_error": "diffmem.metrics.membership",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -174,6 +174,10 @@ def membership(D, train, heldout, *, sigmas=None, method: str = "loss", seed: in
     sig = np.atleast_1d(np.asarray(DEFAULT_SIGMAS[method] if sigmas is None else sigmas, dtype=np.float64))
     if sig.ndim != 1 or len(sig) == 0 or not (np.isfinite(sig).all() and (sig > 0).all()):
         raise InputError(f"must be one or more finite positive noise levels, got {sigmas!r}", param="sigmas")
+    for images, param in ((train, "train"), (heldout, "heldout")):
+        if getattr(D, "num_classes", None) and getattr(images, "labels", None) is None:
+            raise InputError(f"the model is class-conditional ({D.num_classes} classes): the images need labels",
+                             param=param)
     st_train = _stats(D, train, sig, method, seed, batch, device)
     st_held = _stats(D, heldout, sig, method, seed, batch, device)
     sc_train = np.log(st_train + FLOOR).mean(1)
