@@ -140,6 +140,10 @@ def test_classifier_is_trained_once_and_cached(monkeypatch, tmp_path, digits):
     monkeypatch.setattr(F, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
     again = load_features("classifier", source="digits").embed(x)
     np.testing.assert_array_equal(first, again)
+    path.write_bytes(b"damaged")
+    with pytest.raises(InputError, match="damaged classifier cache") as err:
+        load_features("classifier", source="digits").embed(x)
+    assert err.value.param == "features" and path.name in str(err.value)
 
 
 def test_classifier_needs_a_known_source(images):

@@ -13,7 +13,7 @@ from diffmem.data import load_image_set, save_npz
 from diffmem.data.spec import DataSpec, heldout_set, make_dataset
 from diffmem.denoisers.optimal import OptimalDenoiser
 from diffmem.errors import InputError
-from diffmem.metrics.quality import frechet_distance, gaussian_frechet, loss_gap, sample_quality
+from diffmem.metrics.quality import feature_stats, frechet_distance, gaussian_frechet, loss_gap, sample_quality
 
 from conftest import one_line
 
@@ -42,6 +42,16 @@ def test_gaussian_frechet_matches_the_symmetric_form(rng):
     expected = np.sum((m1 - m2) ** 2) + np.trace(c1) + np.trace(c2) - 2 * np.trace(psd_sqrt(r1 @ c2 @ r1))
     assert gaussian_frechet(m1, c1, m2, c2) == pytest.approx(expected, rel=1e-9)
     assert gaussian_frechet(m1, c1, m1, c1) == pytest.approx(0, abs=1e-9)
+
+
+def test_feature_stats_are_the_mean_and_unbiased_covariance(rng):
+    f = rng.standard_normal((6, 3))
+    mu, cov = feature_stats(f)
+    centred = f - f.sum(0) / 6
+    np.testing.assert_allclose(mu, f.sum(0) / 6)
+    np.testing.assert_allclose(cov, centred.T @ centred / 5)
+    with pytest.raises(InputError):
+        feature_stats(f[:1])
 
 
 def test_fd_of_samples_approaches_the_closed_form(rng):
@@ -149,6 +159,7 @@ def test_cli_quality_bad_input(sets, run_cli, extra, needles):
     (["--heldout-out", "{t}/h.npz"], ["--heldout-out:", ".zip"]),
     (["--heldout-out", "{t}/h.zip", "--heldout-size", "5000"], ["--heldout-size:", "only 1747"]),
     (["--heldout-out", "{t}/h.zip", "--heldout-size", "0"], ["--heldout-size:", ">= 1"]),
+    (["--heldout-out", "{t}/h.zip", "--source", "toy2d", "--out", "{t}/p.npz"], ["--heldout-out:", "point source"]),
 ])
 def test_cli_data_heldout_bad_input(tmp_path, run_cli, extra, needles):
     extra = [e.format(t=tmp_path) for e in extra]

@@ -58,6 +58,9 @@ def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, d
     spec = DataSpec(source=source, size=size, resolution=resolution, labels=label_mode, classes=classes,
                     seed=seed, split=split, root=root, dim=dim)
     if is_point_source(source):
+        if heldout_out is not None or heldout_size is not None:
+            raise InputError(f"{source}: a point source; held-out sets are for image sources (draw fresh points "
+                             f"with another --seed)", param="heldout_out" if heldout_out is not None else "heldout_size")
         return _write_points(spec, out, overwrite)
     if out.strip() and Path(out).suffix.lower() != ".zip":
         raise InputError(f"{out}: must end in .zip", param="out")

@@ -274,9 +274,14 @@ def _cached_classifier(source: str, shape, device) -> tuple[SmallCNN, dict]:
     path = classifier_path(source, shape)
     record_path = path.with_suffix(".json")
     if path.is_file() and record_path.is_file():
-        record = json.loads(record_path.read_text())
-        net = SmallCNN(shape[0], record["num_classes"])
-        net.load_state_dict(load_file(str(path)))
+        try:
+            record = json.loads(record_path.read_text())
+            net = SmallCNN(shape[0], record["num_classes"])
+            net.load_state_dict(load_file(str(path)))
+        except Exception as err:  # noqa: BLE001 (a damaged cache file)
+            raise InputError(f"{path}: a damaged classifier cache file ({type(err).__name__}: {_last_line(err)}); "
+                             f"delete it and {record_path.name} to train the classifier again",
+                             param="features") from None
         return net.to(device).eval(), record
     net, record = train_classifier(source, shape[1], device=device)
     record["num_classes"] = net.head.out_features
