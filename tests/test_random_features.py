@@ -15,7 +15,7 @@ from conftest import one_line
 from diffmem.denoisers.random_features import (RandomFeatureScore, diffusion_coefficients, dsm_loss,
                                                dsm_loss_and_gradient, score_error)
 from diffmem.errors import InputError
-from diffmem.rf_study import RFSettings, eval_steps, fit_onsets, onset_time, simulate, stability
+from diffmem.rf_study import RFSettings, eval_steps, fit_onsets, gd_step, onset_time, simulate, stability
 
 
 def _tiny(d=3, p=5, n=4, seed=0):
@@ -75,11 +75,25 @@ def test_one_step_moves_time_by_dt():
     s = RFSettings(d=4, t=0.5, psi_n=[2], psi_p=[3], dt=0.25, time=0.25, eval_points=2, eval_draws=1)
     model, x, eta = _tiny(d=4, p=12, n=8)
     model.A.zero_()
-    _, grad = dsm_loss_and_gradient(model, x, eta, s.t)
+    gd_step(model, x, eta, s.t, s.dt)
     a, delta = diffusion_coefficients(s.t)
     phi = model.features(a * x + math.sqrt(delta) * eta)
     expected = -s.dt * math.sqrt(delta) * 4 / (8 * math.sqrt(12)) * eta.T @ phi
-    torch.testing.assert_close(-(s.dt * 4 * 4 / 2) * grad, expected)
+    torch.testing.assert_close(model.A, expected)
+
+
+def test_stability_number_against_numpy():
+    """dt·Δ_t·λ_max(U)/ψ_p with U = ΦᵀΦ/n (p, p), diagonalized directly in numpy."""
+    from diffmem.rf_study import _draw
+
+    s = _settings(dt=0.7)
+    cell = s.cells()[2]
+    model, x, *_ = _draw(cell, s)
+    eta = torch.randn(x.shape, generator=torch.Generator().manual_seed(cell["seed"] + 1), dtype=torch.float64)
+    a, delta = diffusion_coefficients(s.t)
+    phi = np.tanh((a * x.numpy() + math.sqrt(delta) * eta.numpy()) @ model.W.numpy().T / math.sqrt(6))
+    lam = np.linalg.eigvalsh(phi.T @ phi / cell["n"])[-1]
+    assert stability(cell, s) == pytest.approx(0.7 * delta * lam / (cell["p"] / 6), rel=1e-9)
 
 
 def test_onset_interpolates_in_log_time():

@@ -216,7 +216,6 @@ def simulate(cell: dict, settings: RFSettings) -> dict:
     ``train_loss``, ``test_loss``, ``gap``, ``score_error``, plus the cell's onset ``tau_onset``."""
     model, x_train, x_test, noise, gen = _draw(cell, settings)
     d, t = cell["d"], settings.t
-    lr = settings.dt * d * d / 2.0  # τ advances by dt per step (module docstring)
     grid = eval_steps(settings.steps, settings.eval_points)
     curves = {k: [] for k in ("step", "tau", "train_loss", "test_loss", "gap", "score_error")}
     targets = set(grid)
@@ -229,11 +228,16 @@ def simulate(cell: dict, settings: RFSettings) -> dict:
                 curves[key].append(value)
         if step < settings.steps:
             eta = torch.randn(x_train.shape, generator=gen, dtype=torch.float64).to(x_train.dtype)  # fresh η
-            _, grad = dsm_loss_and_gradient(model, x_train, eta, t)
-            model.A -= lr * grad
+            gd_step(model, x_train, eta, t, settings.dt)
     a, _ = diffusion_coefficients(t)
     curves["tau_onset"] = onset_time(curves["tau"], curves["gap"], settings.onset_threshold * a * a)
     return {**{k: cell[k] for k in ("name", "d", "n", "p", "psi_n", "psi_p", "seed")}, **curves}
+
+
+def gd_step(model: RandomFeatureScore, x: torch.Tensor, eta: torch.Tensor, t: float, dt: float) -> None:
+    """One full-batch step that advances τ by ``dt``: ``A ← A - (dt·d²/2)·∂L/∂A`` (in place)."""
+    _, grad = dsm_loss_and_gradient(model, x, eta, t)
+    model.A -= (dt * model.d * model.d / 2.0) * grad
 
 
 def onset_time(tau, gap, level: float) -> float | None:
