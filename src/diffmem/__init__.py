@@ -60,11 +60,6 @@ _EXPORTS = {
     "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
     "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
     "run_demo": "diffmem.demo",
-    # sample quality (FD in an offline feature space, held-out loss gap)
-    "load_features": "diffmem.metrics.features", "parse_features": "diffmem.metrics.features",
-    "FeatureExtractor": "diffmem.metrics.features", "frechet_distance": "diffmem.metrics.quality",
-    "gaussian_frechet": "diffmem.metrics.quality", "sample_quality": "diffmem.metrics.quality",
-    "loss_gap": "diffmem.metrics.quality", "heldout_set": "diffmem.data.spec",
     # audit
     "audit": "diffmem.audit", "AuditResult": "diffmem.audit", "open_streamed": "diffmem.data.stream",
     "StreamedSet": "diffmem.data.stream",

@@ -53,7 +53,6 @@ from diffmem.cli.audit_cmd import audit_cmd  # noqa: E402
 from diffmem.cli.data_cmd import data_cmd  # noqa: E402
 from diffmem.cli.demo_cmd import demo_cmd  # noqa: E402
 from diffmem.cli.memorization_cmd import memorization_cmd  # noqa: E402
-from diffmem.cli.quality_cmd import quality_cmd  # noqa: E402
 from diffmem.cli.membership_cmd import membership_cmd  # noqa: E402
 from diffmem.cli.regularization_cmd import regularization_cmd  # noqa: E402
 from diffmem.cli.quality_cmd import quality_cmd  # noqa: E402
@@ -66,7 +65,6 @@ from diffmem.cli.twosplit_cmd import twosplit_cmd  # noqa: E402
 for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, sweep_cmd, report_cmd, demo_cmd, audit_cmd,
                  twosplit_cmd):
     main.add_command(_command)
-main.add_command(quality_cmd)
 main.add_command(regularization_cmd)
 main.add_command(quality_cmd)
 main.add_command(membership_cmd)
