@@ -20,6 +20,7 @@ from conftest import one_line
 from diffmem.audit import audit
 from diffmem.data import ImageSet, load_image_set, save_npz, write_dataset_zip, write_png_folder
 from diffmem.data.stream import chunk_rows, open_streamed
+from diffmem.metrics.copying import authenticity
 from diffmem.metrics.memorization import memorization
 
 PLANTED = {2: 7, 11: 40, 29: 99}  # generated position -> training image copied there
@@ -73,6 +74,14 @@ def test_planted_copies_are_found_in_the_per_sample_table(audited):
         assert table[f"{crit}_flag"].astype(int).tolist() == npz[f"{crit}_flag"].astype(int).tolist()
     assert (npz["pixel_d1"][planted] == 0).all() and (npz["authenticity_flag"][planted]).all()
     assert (npz["replication_similarity"][planted] > 1 - 1e-6).all()
+    # Known answers: pixel features are model-space pixels, so their d1 is the pixel d1; the DCR
+    # similarity is the largest cosine between a sample and any training image.
+    np.testing.assert_allclose(npz["features_d1"], npz["pixel_d1"], rtol=1e-5, atol=1e-5)
+    g = load_image_set(folder.parent / "gen.npz").to_model().reshape(40, -1).astype(np.float64)
+    t = np.load(folder.parent / "train.npy").reshape(100, -1) / 127.5 - 1.0
+    cos = (g @ t.T) / np.linalg.norm(g, axis=1)[:, None] / np.linalg.norm(t, axis=1)[None]
+    np.testing.assert_allclose(npz["replication_similarity"], cos.max(axis=1), atol=1e-5)
+    np.testing.assert_array_equal(npz["replication_nn1"], cos.argmax(axis=1))
     summary = json.loads((folder / "audit.json").read_text())
     assert not list(folder.glob(".audit-cache*"))  # the cache of the zip/npz decoding is gone
     assert summary["criteria"]["copying"]["ran"] and summary["criteria"]["copying"]["c_t"] is not None
@@ -91,6 +100,10 @@ def test_pixel_criterion_equals_memorization_and_streaming_equals_memory(files, 
         np.testing.assert_array_equal(pixel.columns["d2"], direct.d2)
         np.testing.assert_array_equal(pixel.columns["nn1"], direct.idx1)
         np.testing.assert_array_equal(pixel.flags, direct.memorized)
+    alaa = authenticity(train, gen)  # over every training image, in memory
+    for res in (streamed, in_memory):
+        np.testing.assert_array_equal(res.criterion("authenticity").columns["d_train"], alaa.d_train)
+        np.testing.assert_array_equal(res.criterion("authenticity").flags, ~alaa.authentic)
     a, b = streamed.table(), in_memory.table()
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -221,3 +234,21 @@ def test_bad_input_is_one_line_and_exit_2(files, run_cli, tmp_path):
         code, out, err = run_cli(["audit", *argv])
         one_line(code, out, err, flag, needle)
         assert not (tmp_path / "o").exists(), argv  # nothing left behind
+
+
+def test_a_diffusers_folder_is_audited_end_to_end(files, run_cli, tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D",) * 2,
+                                 up_block_types=("UpBlock2D",) * 2)
+    unet.save_pretrained(tmp_path / "unet")
+    diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "unet")
+    code, out, err = run_cli(["audit", tmp_path / "unet", "--train", files / "train.zip", "--heldout",
+                              files / "held.npz", "--num", "6", "--steps", "3", "--out", tmp_path / "o", "--json"])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["sampled_from_model"] and summary["n_generated"] == 6
+    assert summary["criteria"]["membership"]["ran"], summary["criteria"]["membership"]
+    assert 0 <= summary["criteria"]["membership"]["auc"] <= 1
+    assert load_image_set(tmp_path / "o" / "samples.npz").images.shape == (6, 1, 8, 8)

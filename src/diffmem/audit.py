@@ -130,7 +130,8 @@ def _check_options(num, threshold, gate, fail_above, memory_limit, seed):
 
 def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=None, threshold: float = DEFAULT_THRESHOLD,
           gate: str = "pixel", fail_above: float | None = None, out=None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
-          device: str | None = None, seed: int = 0, progress: bool = False, allow_pickle: bool = False) -> AuditResult:
+          device: str | None = None, seed: int = 0, steps: int = 18, progress: bool = False,
+          allow_pickle: bool = False) -> AuditResult:
     """Audit generated samples (or a model, sampled ``num`` times) against the training set ``train``.
 
     ``train`` and ``heldout`` are paths (PNG folder, ``.npz``, ``.npy``, EDM ``.zip``, ...) or
@@ -138,7 +139,8 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
     :func:`diffmem.metrics.features.load_features` (``pixels``, ``pca:K``, ``classifier``, a
     TorchScript path) or None; ``threshold`` the 1/3 rule's threshold; ``gate`` the criterion that
     ``fail_above`` (a fraction in [0, 1]) applies to; ``memory_limit`` bytes for reading the
-    training set and the neighbour search; ``seed`` for sampling and bootstraps. Bad input raises
+    training set and the neighbour search; ``seed`` for sampling and bootstraps; ``steps`` the Heun
+    steps of sampling a model. Bad input raises
     :class:`~diffmem.errors.InputError` naming the parameter.
     """
     num, threshold, fail_above, memory_limit, seed = _check_options(num, threshold, gate, fail_above, memory_limit, seed)
@@ -153,7 +155,7 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
         if held is not None and held.shape != train_set.shape:
             raise InputError(f"held-out images have shape {held.shape} but training images have {train_set.shape}",
                              param="heldout")
-        gen = resolve_generated(model_or_samples, train_set, num=num, seed=seed, device=device or "cpu",
+        gen = resolve_generated(model_or_samples, train_set, num=num, seed=seed, steps=steps, device=device or "cpu",
                                 progress=progress, allow_pickle=allow_pickle)
         ctx = AuditInputs(train=train_set, generated=gen.images, heldout=held, denoiser=gen.denoiser,
                           features=features, threshold=threshold, memory_limit=memory_limit, device=device or "cpu",

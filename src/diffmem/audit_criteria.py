@@ -72,7 +72,7 @@ class AuditInputs:
     seed: int
     progress: bool
     cache: Path
-    _embedded: dict = field(default_factory=dict)
+    _found: dict = field(default_factory=dict)
 
     def gen_units(self) -> np.ndarray:
         """The generated images in the training set's representation (so the training set, which
@@ -107,6 +107,7 @@ def pixel(ctx: AuditInputs) -> Criterion:
         raise InputError("the memorization ratio needs at least 2 training images", param="train")
     nb = knn(ctx.gen_units(), ctx.train.images, k=2, memory_limit=ctx.memory_limit, device=ctx.device,
              progress=ctx.progress)
+    ctx._found["pixel"] = nb  # reused by authenticity
     flags = is_memorized(nb.dist[:, 0], nb.dist[:, 1], ctx.threshold)
     d1, d2 = nb.dist[:, 0] * ctx.scale(), nb.dist[:, 1] * ctx.scale()
     ci, stderr = bootstrap_ci(flags, 1000, ctx.seed)
@@ -123,8 +124,8 @@ def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
     training set is embedded chunk by chunk (into a memory-mapped file when (N, k) would take more
     than a quarter of the memory limit). Extractor failures and malformed outputs raise InputError
     naming ``features``."""
-    if "train" in ctx._embedded:
-        return ctx._embedded["train"], ctx._embedded["gen"], ctx._embedded["name"]
+    if "train" in ctx._found:
+        return ctx._found["train"], ctx._found["gen"], ctx._found["name"]
     from diffmem.metrics.features import load_features
 
     rows = chunk_rows(ctx.train.shape, ctx.memory_limit)
@@ -141,7 +142,7 @@ def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
             train[i0:i0 + len(block)] = _embed(extractor, block, k)
             bar.update(len(block))
     name = str(getattr(extractor, "name", ctx.features))
-    ctx._embedded.update(train=train, gen=gen, name=name)
+    ctx._found.update(train=train, gen=gen, name=name)
     return train, gen, name
 
 
@@ -240,12 +241,20 @@ def extraction(ctx: AuditInputs) -> Criterion:
 
 
 def authenticity(ctx: AuditInputs) -> Criterion:
-    """Alaa et al.'s per-sample rule (flags the inauthentic samples)."""
+    """Alaa et al.'s per-sample rule (flags the inauthentic samples): the nearest training image r
+    of each sample comes from the pixel criterion's search, and r's nearest *other* training image
+    from one exact k = 2 search of the distinct r against the training set (column 2; 0 for a
+    duplicated image), so the cost is O(M·N), not the O(N²) of measuring every training image."""
     copying = _optional("diffmem.metrics.copying")
     if copying is None:
         return _skip("authenticity", "diffmem.metrics.copying is not installed")
-    res = copying.authenticity(as_image_set(ctx.train), ctx.gen_units(), memory_limit=ctx.memory_limit,
-                               device=ctx.device)
+    nb = ctx._found["pixel"]
+    idx = nb.index[:, 0]
+    distinct, where = np.unique(idx, return_inverse=True)
+    own = knn(np.asarray(ctx.train.images[distinct]), ctx.train.images, k=2, memory_limit=ctx.memory_limit,
+              device=ctx.device)
+    d_gen, d_train = nb.dist[:, 0] * ctx.scale(), own.dist[where.reshape(-1), 1] * ctx.scale()
+    res = copying.AuthenticityResult(d_gen=d_gen, d_train=d_train, idx=idx, authentic=d_gen >= d_train)
     flags = ~res.authentic
     ci, _ = bootstrap_ci(flags, 1000, ctx.seed)
     return Criterion("authenticity", True, res.explain(), float(flags.mean()), ci, flags,
@@ -281,12 +290,28 @@ def membership(ctx: AuditInputs) -> Criterion:
     mm = _optional("diffmem.metrics.membership")
     if mm is None:
         return _skip("membership", "diffmem.metrics.membership is not installed")
-    res = mm.membership(ctx.denoiser, as_image_set(ctx.train), as_image_set(ctx.heldout), seed=ctx.seed,
-                        device=ctx.device)
+    members = _member_subset(ctx)
+    res = mm.membership(ctx.denoiser, members, as_image_set(ctx.heldout), seed=ctx.seed, device=ctx.device)
     figs = []
     if hasattr(mm, "roc_figure"):
         figs.append(("Membership inference ROC (training vs held-out)", mm.roc_figure(res)))
     return Criterion("membership", True, res.explain(), summary=res.summary(), figures=figs)
+
+
+#: Membership inference scores at most this many training images (a seeded random subset, as many as
+#: there are held-out images): the attack is balanced and its cost does not grow with |train|.
+MAX_MEMBERS = 2000
+
+
+def _member_subset(ctx: AuditInputs) -> ImageSet:
+    """min(N, H, MAX_MEMBERS) training images (with their labels), chosen by the seeded stream
+    (seed, MEMBERSHIP), in index order."""
+    from diffmem.rng import MEMBERSHIP, numpy_rng
+
+    n = min(len(ctx.train), len(ctx.heldout), MAX_MEMBERS)
+    pick = np.sort(numpy_rng(ctx.seed, MEMBERSHIP).choice(len(ctx.train), size=n, replace=False))
+    labels = None if ctx.train.labels is None else ctx.train.labels[pick]
+    return ImageSet(np.asarray(ctx.train.images[pick]), labels, source=ctx.train.source)
 
 
 CRITERIA = (("pixel", pixel), ("features", features), ("replication", replication), ("extraction", extraction),

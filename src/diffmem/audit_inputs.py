@@ -4,8 +4,9 @@
 model, the denoiser they came from:
 
 - a loaded :class:`~diffmem.denoisers.protocol.Denoiser` (or any module with ``shape``), or a model
-  path: a folder with ``config.json`` (a diffmem run, a diffusers ``UNet2DModel``), a folder with
-  ``unet/config.json`` (a diffusers pipeline), or a TorchScript file (``.pt``, ``.pth``, ``.ts``),
+  path: a folder with ``config.json`` (a diffmem run, a diffusers ``UNet2DModel``), ``model_index.json``
+  or ``unet/config.json`` (a diffusers pipeline), a diffmem snapshot ``snapshot-epoch*.safetensors``
+  (or a folder of them), or a TorchScript file (``.pt``, ``.pth``, ``.ts``),
   loaded by :func:`diffmem.denoisers.adapters.load_denoiser`. ``num`` samples are drawn with
   :func:`diffmem.sampling.sample` (Heun, 18 steps, seed ``seed``; a class-conditional model gets
   labels ``i mod num_classes``) and quantized to uint8, as saving them to PNG would (seed 001);
@@ -52,7 +53,9 @@ def is_model_path(path: Path) -> bool:
     """Whether ``path`` names a model (see the module docstring); a folder of weights without
     ``config.json`` raises InputError naming ``model``."""
     if path.is_dir():
-        if (path / "config.json").is_file() or (path / "unet" / "config.json").is_file():
+        if any((path / name).is_file() for name in ("config.json", "model_index.json", "unet/config.json")):
+            return True
+        if any(path.glob("snapshot-epoch*.safetensors")):  # a diffmem run (its config travels in the snapshot)
             return True
         weights = [p.name for p in path.iterdir() if p.suffix.lower() in WEIGHT_FILES]
         if weights and not any(path.rglob("*.png")):
@@ -61,6 +64,8 @@ def is_model_path(path: Path) -> bool:
                              param="model")
         return False
     suffix = path.suffix.lower()
+    if suffix == ".safetensors" and path.name.startswith("snapshot-epoch"):
+        return True  # one snapshot of a diffmem run
     if suffix in (".safetensors", ".bin", ".ckpt"):
         raise InputError(f"{path}: a weights file alone has no config; give the model folder that holds "
                          f"it beside its config.json", param="model")
@@ -82,17 +87,17 @@ def load_model(path: Path, *, device: str, allow_pickle: bool = False):
     raise InputError(f"{path}: diffusers and TorchScript models need diffmem.denoisers.adapters", param="model")
 
 
-def draw(D, num: int, *, seed: int, device: str, progress: bool) -> np.ndarray:
-    """``num`` samples of ``D`` as uint8 (M, C, H, W)."""
+def draw(D, num: int, *, seed: int, steps: int, device: str, progress: bool) -> np.ndarray:
+    """``num`` samples of ``D`` (Heun, ``steps`` steps) as uint8 (M, C, H, W)."""
     from diffmem.sampling import sample
 
     classes = getattr(D, "num_classes", None)
     labels = np.arange(num) % classes if classes else None
-    x = sample(D, num, labels=labels, seed=seed, device=device, progress=progress)
+    x = sample(D, num, labels=labels, steps=steps, seed=seed, device=device, progress=progress)
     return to_uint8(x.numpy())
 
 
-def resolve_generated(source, train: StreamedSet, *, num: int, seed: int, device: str, progress: bool,
+def resolve_generated(source, train: StreamedSet, *, num: int, seed: int, device: str, progress: bool, steps: int = 18,
                       allow_pickle: bool = False) -> Generated:
     """Generated images for the audit (drawn from a model when ``source`` is one); their per-image
     shape must be the training set's."""
@@ -115,7 +120,7 @@ def resolve_generated(source, train: StreamedSet, *, num: int, seed: int, device
         if shape != train.shape:
             raise InputError(f"the model makes images of shape {shape} but training images have {train.shape}",
                              param="model")
-        images = draw(D, num, seed=seed, device=device, progress=progress)
+        images = draw(D, num, seed=seed, steps=steps, device=device, progress=progress)
     if tuple(images.shape[1:]) != train.shape:
         raise InputError(f"generated images have shape {tuple(images.shape[1:])} but training images have "
                          f"{train.shape}", param="model_or_samples")
