@@ -104,6 +104,21 @@ def test_onset_interpolates_in_log_time():
     assert onset_time(tau, [9, 9, 9, 9], 1.0) == 1.0  # τ = 0 is ignored
 
 
+def test_gap_onset_counts_the_excess_from_the_baseline():
+    from diffmem.rf_study import gap_onset
+
+    tau = [0, 1, 2, 4, 8, 16, 32, 64]
+    gap = [0, 0.1, 0.2, 0.25, 0.3, 0.3, 0.5, 0.9]
+    test = [1, 0.8, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]  # minimum at τ = 2
+    out = gap_onset(tau, gap, test, 0.2, 4.0)
+    assert out["tau_test_min"] == 2 and out["tau_ref"] == 8 and out["gap_ref"] == pytest.approx(0.3)
+    assert out["tau_onset"] == pytest.approx(32) and out["tau_onset_raw"] == pytest.approx(2)
+    between = gap_onset(tau, gap, test, 0.2, 3.0)  # τ_ref = 6: gap_ref interpolated in log τ
+    assert between["gap_ref"] == pytest.approx(0.25 + 0.05 * math.log(1.5) / math.log(2))
+    assert gap_onset(tau, gap, test, 0.2, 0.0)["tau_onset"] == pytest.approx(2)
+    assert gap_onset(tau, gap, test, 0.2, 40.0)["tau_onset"] is None  # τ_ref past the horizon
+
+
 def test_fits_recover_a_known_line():
     fit = fit_onsets([1, 2, 4, 8], [3, 6, 12, 24])
     assert fit["linear"]["slope"] == pytest.approx(3) and fit["linear"]["r2"] == pytest.approx(1)

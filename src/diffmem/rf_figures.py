@@ -3,8 +3,8 @@ objects (no pyplot; see :mod:`diffmem.plots`):
 
 - :func:`loss_figure`: train and test loss (solid / dashed) and score error against τ, one colour
   per ψ_n, the population floor ``a_t²`` as a grey line;
-- :func:`gap_figure`: the gap ``L_test - L_train`` against τ and against τ/ψ_n (the collapse the
-  paper predicts if the onset is ∝ ψ_n), with the onset threshold;
+- :func:`gap_figure`: the gap ``L_test - L_train`` against τ, and its excess over the
+  generalization plateau against τ/ψ_n (the collapse the paper predicts if the onset is ∝ ψ_n);
 - :func:`onset_figure`: the onset τ against ψ_n per ψ_p, with the linear fit and its R².
 """
 
@@ -58,7 +58,9 @@ def loss_figure(cells: list[dict], summary: dict, psi_p: float) -> Figure:
 
 
 def gap_figure(cells: list[dict], summary: dict, psi_p: float) -> Figure:
-    """The gap against τ and against τ/ψ_n for one ψ_p, with the onset level (dotted)."""
+    """Left: the gap against τ, each cell's onset marked. Right: the gap's excess over its value at
+    τ_ref (after the generalization phase) against τ/ψ_n — the curves collapse if the onset is
+    ∝ ψ_n — with the onset level (dotted)."""
     picked = _first_seed(cells, psi_p)
     colour = _colours([c["psi_n"] for c in picked])
     fig = Figure(figsize=(10, 4))
@@ -66,13 +68,19 @@ def gap_figure(cells: list[dict], summary: dict, psi_p: float) -> Figure:
     for c in picked:
         tau, gap = np.asarray(c["tau"][1:]), np.asarray(c["gap"][1:])
         ax_time.plot(tau, gap, color=colour[c["psi_n"]], label=f"ψ_n = {c['psi_n']:g}")
-        ax_scaled.plot(tau / c["psi_n"], gap, color=colour[c["psi_n"]])
-    for ax, label in ((ax_time, "training time τ"), (ax_scaled, "τ / ψ_n")):
-        ax.axhline(summary["onset_level"], color="grey", linestyle=":", linewidth=1, label="onset level")
-        ax.set(xscale="log", xlabel=label, ylabel="gap L_test − L_train")
-    ax_time.set_title(f"ψ_p = {psi_p:g}")
-    ax_scaled.set_title("rescaled by ψ_n (collapse if τ_onset ∝ ψ_n)")
+        if c["tau_onset"] is not None:
+            ax_time.plot([c["tau_onset"]], [np.interp(np.log(c["tau_onset"]), np.log(tau), gap)], "o",
+                         color=colour[c["psi_n"]])
+        if c["gap_ref"] is not None:
+            later = tau >= c["tau_ref"]
+            ax_scaled.plot(tau[later] / c["psi_n"], gap[later] - c["gap_ref"], color=colour[c["psi_n"]])
+    ax_scaled.axhline(summary["onset_level"], color="grey", linestyle=":", linewidth=1, label="onset level")
+    ax_time.set(xscale="log", xlabel="training time τ", ylabel="gap L_test − L_train",
+                title=f"ψ_p = {psi_p:g} (dots: onsets)")
+    ax_scaled.set(xscale="log", xlabel="τ / ψ_n", ylabel="gap − gap(τ_ref)",
+                  title="excess gap, time rescaled by ψ_n")
     ax_time.legend(fontsize=7)
+    ax_scaled.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
