@@ -148,8 +148,8 @@ def data_copying(train, heldout, generated, *, cells: int | None = None, tau: fl
     model-space floats; any (N, ...) of equal per-image size).
 
     ``cells``: number of k-means cells fitted on the training set (scikit-learn, ``n_init=10``,
-    seeded by ``seed``); default ``min(50, n // 20, m // 20)`` and at least 1, so that cells hold
-    points of both sets. ``tau``: a cell is used when it holds more than this share of the generated
+    seeded by ``seed``); default ``min(50, n // 20, m // 40)`` and at least 1, so that cells hold
+    held-out points and, on average, twice the generated points a cell needs to count. ``tau``: a cell is used when it holds more than this share of the generated
     images; default ``20 / m`` (the authors').
     """
     from sklearn.cluster import KMeans
@@ -158,7 +158,7 @@ def data_copying(train, heldout, generated, *, cells: int | None = None, tau: fl
     t, h, g, scale = _check_sets(train, heldout, generated)
     m, n = len(g), len(h)
     if cells is None:
-        cells = int(max(1, min(MAX_DEFAULT_CELLS, n // MIN_GENERATED_PER_CELL, m // MIN_GENERATED_PER_CELL)))
+        cells = int(max(1, min(MAX_DEFAULT_CELLS, n // MIN_GENERATED_PER_CELL, m // (2 * MIN_GENERATED_PER_CELL))))
     cells = check_number("cells", cells, lo=1, hi=len(t), integer=True)
     tau = MIN_GENERATED_PER_CELL / m if tau is None else check_number("tau", tau, lo=0.0, hi=1.0, hi_open=True)
     km = KMeans(n_clusters=cells, n_init=10, random_state=seed).fit(t.astype(np.float64))

@@ -221,6 +221,7 @@ def most_copied_figure(result: ExtractionResult, train, generated, *, top: int =
                 ax.imshow(_hwc(cells[c][0]), cmap="gray" if gray else None, vmin=0, vmax=255,
                           interpolation="nearest")
                 ax.set_title(cells[c][1], fontsize=6)
-    fig.suptitle(f"most copied training images ({result.n_unique} extracted; ℓ < {result.delta:.3g})", fontsize=8)
+    fig.suptitle(f"most copied training images ({result.n_unique} of {result.n_train} extracted by "
+                 f"{int(result.extracted.sum())} samples; ℓ < {result.delta:.3g})", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
     return fig
