@@ -60,6 +60,10 @@ _EXPORTS = {
     "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
     "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
     "run_demo": "diffmem.demo",
+    # the random-features model of seed 003
+    "RandomFeatureScore": "diffmem.denoisers.random_features", "dsm_loss": "diffmem.denoisers.random_features",
+    "RFSettings": "diffmem.rf_study", "parse_rf_spec": "diffmem.rf_study", "run_rf_study": "diffmem.rf_study",
+    "onset_time": "diffmem.rf_study",
     # audit
     "audit": "diffmem.audit", "AuditResult": "diffmem.audit", "open_streamed": "diffmem.data.stream",
     "StreamedSet": "diffmem.data.stream",

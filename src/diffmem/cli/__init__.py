@@ -57,6 +57,7 @@ from diffmem.cli.membership_cmd import membership_cmd  # noqa: E402
 from diffmem.cli.regularization_cmd import regularization_cmd  # noqa: E402
 from diffmem.cli.quality_cmd import quality_cmd  # noqa: E402
 from diffmem.cli.report_cmd import report_cmd  # noqa: E402
+from diffmem.cli.rf_cmd import rf_cmd  # noqa: E402
 from diffmem.cli.sample_cmd import sample_cmd  # noqa: E402
 from diffmem.cli.sweep_cmd import emm_cmd, sweep_cmd  # noqa: E402
 from diffmem.cli.train_cmd import train_cmd  # noqa: E402
@@ -67,4 +68,5 @@ for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, swe
     main.add_command(_command)
 main.add_command(regularization_cmd)
 main.add_command(quality_cmd)
+main.add_command(rf_cmd)
 main.add_command(membership_cmd)
