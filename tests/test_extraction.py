@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from diffmem.errors import InputError
 from diffmem.metrics.extraction import (
-    DEFAULT_ALPHA, DEFAULT_NEIGHBORS, extraction, most_copied_figure, tiled_distances,
+    DEFAULT_ALPHA, DEFAULT_DELTA, DEFAULT_NEIGHBORS, extraction, most_copied_figure, tiled_distances,
 )
 
 
@@ -33,7 +33,7 @@ def _brute_scores(gen, train, n, alpha, grid=None):
 
 
 def test_defaults_are_the_papers():
-    assert DEFAULT_ALPHA == 0.5 and DEFAULT_NEIGHBORS == 50
+    assert DEFAULT_ALPHA == 0.5 and DEFAULT_NEIGHBORS == 50 and DEFAULT_DELTA == 1.0  # δ: d1 < α · mean_n
 
 
 def test_hand_worked_score():

@@ -9,7 +9,10 @@ its distance to ``x`` is small *relative to how far ``x̂`` is from the training
 with ``S_x̂`` the ``n`` training images nearest to the *generated* image ``x̂`` (``x`` is the first of
 them, so the mean includes it), ``α = 0.5`` and ``n = 50`` (their values, "not sensitive to these
 choices"). The adaptive denominator keeps a flat image that sits close to many training images from
-counting as a copy. δ is a parameter; the default ``1/3`` is our choice, stated in every summary.
+counting as a copy. δ is a parameter, stated in every summary; the default ``δ = 1`` reads the rule
+literally — the nearest training image is closer than α times the mean distance to the n nearest —
+and is the cut used by public re-implementations (LeakPro's ``ratio_threshold``, and the "mL2 < 1"
+de-duplication of CIFAR-10 in follow-up work); we could not check the paper's own δ offline.
 
 For large images they compare *tiles*: the images are cut into a grid of non-overlapping tiles
 (4 × 4 = 16 tiles of 128 px for Imagen/Stable Diffusion at 512 px) and the distance is the
@@ -35,8 +38,8 @@ from diffmem.metrics.neighbors import DEFAULT_MEMORY_LIMIT, knn
 #: Carlini et al. 2023 §5.1: "We run our attack with α = 0.5 and n = 50."
 DEFAULT_ALPHA = 0.5
 DEFAULT_NEIGHBORS = 50
-#: Our default δ for ℓ < δ (set it explicitly to follow another convention).
-DEFAULT_DELTA = 1.0 / 3.0
+#: Default δ for ℓ < δ: d1 < α · mean_n (see the module docstring; set it to follow another convention).
+DEFAULT_DELTA = 1.0
 
 
 @dataclass
