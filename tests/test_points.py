@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import one_line
 from diffmem.data.points import PointCloud, load_data, make_points, read_points, save_points
@@ -136,3 +137,28 @@ def test_bad_point_flags_are_one_line(run_cli, tmp_path):
     for argv, flag in cases:
         one_line(*run_cli(argv), flag)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.npz"]  # nothing written
+
+
+def test_sigma_data_reaches_the_preconditioner_and_the_loss(run_cli, tmp_path):
+    from diffmem.config import TrainConfig
+    from diffmem.denoisers.build import precond_options
+    from diffmem.losses import LOSSES
+    from diffmem.runs import load_run
+
+    config = TrainConfig(preset="mlp-toy", precond="edm", sigma_data=1.0, epochs=1)
+    loss = LOSSES["edm"](**precond_options(config))
+    sigma = torch.tensor([0.3, 2.0])
+    assert torch.allclose(loss.weight(sigma), (sigma**2 + 1.0) / sigma**2)  # λ = (σ² + σd²)/(σ·σd)², σd = 1
+    assert precond_options(TrainConfig(epochs=1)) == {}  # VP has no σ_data
+    pts = save_points(tmp_path / "toy.npz", make_points("toy2d", 8))
+    code, _, err = run_cli(["train", "--data", pts, "--out", tmp_path / "r", "--preset", "mlp-toy", "--hidden", "8",
+                            "--precond", "edm", "--sigma-data", "1", "--epochs", "1", "--batch", "8"])
+    assert code == 0, err
+    D = load_run(tmp_path / "r").denoiser
+    x, s = torch.randn(3, 2), torch.full((3,), 0.7)
+    c_skip = 1.0 / (0.7**2 + 1.0)  # σd²/(σ²+σd²) with σd = 1: the skip path of D at σ = 0.7
+    assert D.sigma_data == 1.0 and torch.allclose(D.coefficients(s.reshape(-1, 1))[0].flatten(), torch.full((3,), c_skip))
+    for argv, flag in ((["--precond", "vp", "--sigma-data", "1"], "--sigma-data"),
+                       (["--precond", "edm", "--sigma-data", "0"], "--sigma-data")):
+        one_line(*run_cli(["train", "--data", pts, "--out", tmp_path / "bad", "--preset", "mlp-toy", "--epochs", "1",
+                           *argv]), flag)

@@ -68,6 +68,11 @@ def test_memorized_fraction_falls_with_c_on_the_toy():
     smooth, x = measure_strength(cloud, "tikhonov", 1.0, settings)
     assert exact["fraction_within"] == 1.0 and exact["memorization_ratio"] == 1.0  # D* copies every sample
     assert smooth["fraction_within"] < 0.3 and smooth["memorization_ratio"] < 0.5 and x.shape == (60, 2)
+    assert exact["fraction_beyond_diameter"] == smooth["fraction_beyond_diameter"] == 0.0
+    # a floor far above S(σ_max) = 20 / (2π·80²) ≈ 5e-4 never lets the samples be denoised
+    floored, x = measure_strength(cloud, "eb", 1.0, settings)
+    assert floored["fraction_beyond_diameter"] > 0.9 and floored["fraction_within"] < 0.05
+    assert np.median(np.linalg.norm(x, axis=1)) > 20
 
 
 def _spec(tmp_path, body: str, name="reg.toml"):

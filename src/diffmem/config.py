@@ -58,6 +58,7 @@ class TrainConfig:
     hidden: int | None = None  # MLP width
     depth: int | None = None  # MLP hidden layers
     precond: str = "vp"  # edm | vp: preconditioning and its loss
+    sigma_data: float = 0.5  # EDM's σ_data: the data's standard deviation (edm only; 1.0 for unit-variance toys)
     # Duration.
     epochs: float | None = None
     steps: int | None = None
@@ -90,6 +91,9 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 fix(name, parse_int_tuple(name, getattr(self, name), lo, allow_empty=name == "attn"))
         _choice("precond", self.precond, tuple(PRECONDS))
+        fix("sigma_data", check_number("sigma_data", self.sigma_data, lo=0, lo_open=True, hi=1e6))
+        if self.precond != "edm" and self.sigma_data != 0.5:
+            raise InputError(f"only EDM preconditioning uses it, not {self.precond}", param="sigma_data")
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.preset is not None:
             _choice("preset", self.preset, tuple(PRESETS))

@@ -10,7 +10,8 @@ For a training set ``{y_i}`` and ``x̄_w(x; σ) = Σ_i softmax_i(-‖x - y_i‖�
 
 For each strength this module samples the regularized optimum with EDM's sampler and measures the
 samples (:func:`~diffmem.metrics.proximity.proximity`): the share within ``tolerance`` of a
-training sample (seed 002's measure) and the 1/3-ratio share (seed 001's). It is the spec mode
+training sample (seed 002's measure), the 1/3-ratio share (seed 001's), and the share farther from
+every training sample than the training set's diameter (never denoised). It is the spec mode
 ``regularization``::
 
     name = "regularization-toy"
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy.spatial.distance import pdist
 
 from diffmem.atomic import prepare_output, write_json
 from diffmem.data.imageset import to_uint8
@@ -141,7 +143,12 @@ def measure_strength(train, kind: str, strength: float, settings: Regularization
     near = proximity(y, x, tolerance=settings.tolerance, threshold=settings.threshold,
                      bootstrap=settings.bootstrap, seed=settings.seed, device=device)
     log_strength = math.log(strength) if strength > 0 else None
-    return {"kind": kind, "strength": strength, "log_strength": log_strength, **near.summary()}, x
+    # Samples farther from every training sample than the set's diameter were never denoised
+    # (a strong EB floor leaves them at the σ_max scale): neither copies nor new data.
+    diameter = float(pdist(y.reshape(len(y), -1).astype(np.float64)).max())
+    undenoised = float(np.mean(near.d1 > diameter))
+    return {"kind": kind, "strength": strength, "log_strength": log_strength, **near.summary(),
+            "fraction_beyond_diameter": undenoised}, x
 
 
 def run_cell(cell: Cell, settings: RegularizationSettings, folder: Path, device: str = "cpu", log=None) -> list[dict]:

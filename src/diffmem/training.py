@@ -38,7 +38,8 @@ from diffmem.atomic import prepare_output, remove_stale_temporaries
 from diffmem.config import TrainConfig, plan_run
 from diffmem.data.imageset import ImageSet
 from diffmem.data.points import PointCloud
-from diffmem.denoisers.build import build_denoiser
+from diffmem.data.points import PointCloud
+from diffmem.denoisers.build import build_denoiser, precond_options
 from diffmem.denoisers.dropout import global_batch_dropout
 from diffmem.denoisers.networks import count_parameters
 from diffmem.errors import InputError
@@ -229,7 +230,7 @@ def _set_up(config: TrainConfig, data, out: Path, resume: bool) -> tuple[_Loop, 
     if config.compile:
         forward = torch.compile(forward)
     loop = _Loop(config, record, out, data, rank, world_size, device, images, labels, model, ema, optimizer, forward,
-                 LOSSES[config.precond](), loss_acc=torch.zeros((), device=device, dtype=torch.float64))
+                 LOSSES[config.precond](**precond_options(config)), loss_acc=torch.zeros((), device=device, dtype=torch.float64))
     if has_state:
         _load_state(loop)
     _open_run_folder(loop, resume)

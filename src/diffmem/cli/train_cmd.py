@@ -41,6 +41,8 @@ KNOBS = [
     click.option("--depth", type=int, default=None, help="MLP hidden layers."),
     click.option("--precond", type=click.Choice(list(PRECONDS)), default=None,
                  help=f"Preconditioning and loss {_default('precond')}."),
+    click.option("--sigma-data", type=float, default=None,
+                 help=f"EDM's data standard deviation sigma_data {_default('sigma_data')} (1.0 suits unit-variance toys)."),
     click.option("--epochs", type=float, default=None, help="Duration in epochs (steps = ceil(epochs*|D|/batch))."),
     click.option("--steps", type=int, default=None, help="Duration in optimizer steps."),
     click.option("--batch", type=int, default=None, help=f"Global batch size {_default('batch')}."),

@@ -23,4 +23,9 @@ def build_denoiser(config: TrainConfig, *, resolution: int, in_channels: int, nu
                         img_resolution=resolution, in_channels=in_channels, num_classes=num_classes,
                         **{k: v for k, v in knobs.items() if v is not None})
     shape = (dim,) if dim else (in_channels, resolution, resolution)
-    return PRECONDS[config.precond](net, shape=shape, num_classes=num_classes)
+    return PRECONDS[config.precond](net, shape=shape, num_classes=num_classes, **precond_options(config))
+
+
+def precond_options(config: TrainConfig) -> dict:
+    """Keyword arguments of the preconditioner and its loss: EDM's ``sigma_data``; none for VP."""
+    return {"sigma_data": config.sigma_data} if config.precond == "edm" else {}
