@@ -18,6 +18,15 @@ from tests.conftest import one_line
 
 diffusers = pytest.importorskip("diffusers")
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread (two threads spin against each other on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 # DDPMScheduler's default "linear" betas, recomputed here in float64: ᾱ_t = Π(1 - β_s),
 # σ_t = √((1-ᾱ_t)/ᾱ_t). diffusers keeps ᾱ in float32, which moves 1 - ᾱ near t = 0 by up to 1e-4.
 BETAS = np.linspace(1e-4, 0.02, 1000)
@@ -93,9 +102,12 @@ def test_v_prediction_adapter_converts_v_to_epsilon(tmp_path):
 
 
 def test_conditional_pipeline_folder_uses_labels_and_samples(tmp_path):
-    unet = _unet(num_classes=3)
-    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(prediction_type="epsilon"))
-    pipe.save_pretrained(tmp_path / "pipe")
+    # what DDPMPipeline.save_pretrained writes: model_index.json, unet/, scheduler/
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}))
+    _unet(num_classes=3).save_pretrained(tmp_path / "pipe" / "unet")
+    diffusers.DDPMScheduler(prediction_type="epsilon").save_pretrained(tmp_path / "pipe" / "scheduler")
     D = load_denoiser(tmp_path / "pipe")
     assert isinstance(D, DiffusersDenoiser) and D.num_classes == 3
     x, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 1.0)

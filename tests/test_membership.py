@@ -12,6 +12,15 @@ from diffmem.rng import MEMBERSHIP, derive_seed
 from tests.conftest import one_line
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread (two threads spin against each other on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _linear_D(x, sigma, labels=None):
     """D(x; σ, c) = x/(1 + σ) + c/10 per image: a known denoiser that uses σ and the labels."""
     s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
