@@ -155,3 +155,16 @@ def test_bad_parameters_name_themselves(rng, kwargs, param):
     with pytest.raises(InputError) as err:
         data_copying(train, _cloud(rng, 10), _cloud(rng, 10), **kwargs)
     assert err.value.param == param
+
+
+def test_cli_heldout_of_another_shape_one_line(run_cli, tmp_path, rng):
+    """Through ``diffmem audit`` (which runs C_T when given --heldout): one line naming --heldout."""
+    from conftest import one_line
+    from diffmem.data import save_npz, write_dataset_zip
+
+    write_dataset_zip(tmp_path / "train.zip", rng.integers(0, 256, (20, 1, 4, 4), dtype=np.uint8))
+    save_npz(tmp_path / "gen.npz", rng.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8))
+    save_npz(tmp_path / "held.npz", rng.integers(0, 256, (6, 1, 8, 8), dtype=np.uint8))
+    one_line(*run_cli(["audit", tmp_path / "gen.npz", "--train", tmp_path / "train.zip", "--heldout",
+                       tmp_path / "held.npz", "--out", tmp_path / "audit"]), "--heldout", "shape")
+    assert not (tmp_path / "audit").exists()
