@@ -101,6 +101,14 @@ def test_v_prediction_adapter_converts_v_to_epsilon(tmp_path):
     torch.testing.assert_close(D(x, sigma.flatten()), x - sigma * eps, rtol=1e-5, atol=1e-5)
 
 
+def test_sample_prediction_is_the_output_itself(tmp_path):
+    unet = _save(tmp_path, "sample")
+    D = load_diffusers(tmp_path, timestep="nearest")
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor(D.table[[10, 700]])
+    x_t = x / (1 + sigma.reshape(-1, 1, 1, 1).float() ** 2).sqrt()
+    torch.testing.assert_close(D(x, sigma), _direct(unet, x_t, [10, 700]), rtol=1e-5, atol=1e-5)
+
+
 def test_conditional_pipeline_folder_uses_labels_and_samples(tmp_path):
     # what DDPMPipeline.save_pretrained writes: model_index.json, unet/, scheduler/
     (tmp_path / "pipe").mkdir()
