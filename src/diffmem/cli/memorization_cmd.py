@@ -75,8 +75,9 @@ def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, me
         click.echo(json.dumps(summary, allow_nan=False))
         return
     ci = "" if result.ci95 is None else f" (95% CI {result.ci95[0]:.4f}-{result.ci95[1]:.4f})"
+    space = f" in {result.features} space ({result.metric})" if hasattr(result, "features") else ""
     click.echo(
-        f"memorization ratio {result.ratio:.4f}{ci}: "
+        f"memorization ratio{space} {result.ratio:.4f}{ci}: "
         f"{int(result.memorized.sum())} of {result.n_generated} generated images copy one of "
         f"{result.n_train} training images (d1/d2 < {threshold:.4g})"
     )
