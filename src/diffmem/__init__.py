@@ -60,6 +60,10 @@ _EXPORTS = {
     "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
     "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
     "run_demo": "diffmem.demo",
+    # timescales and the guard (seed 003)
+    "run_timescales": "diffmem.timescales", "TimescaleSettings": "diffmem.timescales", "tau_gen": "diffmem.timescales",
+    "tau_mem": "diffmem.timescales", "fit_proportional": "diffmem.timescales", "select_snapshot": "diffmem.guard",
+    "Selection": "diffmem.guard",
     # the random-features model of seed 003
     "RandomFeatureScore": "diffmem.denoisers.random_features", "dsm_loss": "diffmem.denoisers.random_features",
     "RFSettings": "diffmem.rf_study", "parse_rf_spec": "diffmem.rf_study", "run_rf_study": "diffmem.rf_study",

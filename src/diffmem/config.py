@@ -77,6 +77,7 @@ class TrainConfig:
     snapshots: str = ""  # EMA snapshot epochs, e.g. "10,50,log:8" (the final one always)
     track_every: int = 0  # measure the memorization ratio every K epochs (0 = never)
     track_samples: int = 1000  # samples per measurement
+    guard: float | None = None  # stop once the tracked ratio exceeds this (diffmem.guard; needs track_every)
     checkpoint_every: int = 500  # save state.pt every K steps
     log_every: int = 100  # append to stats.jsonl (and check for NaN/Inf) every K steps
     # Runtime: may change on resume without changing the result.
@@ -110,6 +111,10 @@ class TrainConfig:
         if self.dropout is not None:
             fix("dropout", check_number("dropout", self.dropout, lo=0, hi=1, hi_open=True))
         self._check_duration_and_schedules(fix)
+        if self.guard is not None:  # the memorization guard stops on the tracked ratio
+            fix("guard", check_number("guard", self.guard, lo=0, hi=1))
+            if not self.track_every:
+                raise InputError("the guard acts on the tracked ratio: set track_every > 0", param="guard")
         fix("seed", check_seed(self.seed))
         if self.amp and self.device == "cpu":
             raise InputError("bf16 autocast needs device cuda", param="amp")

@@ -48,6 +48,7 @@ from diffmem.rng import DROPOUT, INIT, NOISE, derive_seed, generator
 from diffmem.runs import (CONFIG_FILE, STATE_FILE, STATS_FILE, TRACK_FILE, append_jsonl, load_state, read_record,
                           save_snapshot, save_state, snapshot_name, truncate_jsonl, write_record, write_summary)
 from diffmem.schedules import ema_beta, global_batch_indices, learning_rate, update_ema
+from diffmem.guard import guard_check, read_stop, with_stop
 from diffmem.tracking import track_memorization
 
 
@@ -76,6 +77,7 @@ class _Loop:
     step: int = 0
     loss_acc: torch.Tensor | None = None  # Σ of per-step mean losses since the last stats line
     steps_acc: int = 0
+    stopped: dict | None = None  # the guard's stop record once it stopped the loop
     last_saved: int | None = None  # step of the last state.pt written
     lr: float = 0.0
     beta: float = 0.0
@@ -108,8 +110,9 @@ def train(config: TrainConfig, data, out, *, resume: bool = False, progress: boo
     started_dist = False
     try:
         loop, started_dist = _set_up(config, data, Path(out), resume)
+        loop.stopped = read_stop(loop.out) if resume else None  # a guard-stopped run trains no further
         _run(loop, progress, log)
-        summary = write_summary(loop.out) if loop.rank == 0 else None
+        summary = with_stop(loop.out, write_summary(loop.out)) if loop.rank == 0 else None
         _barrier(loop.world_size)
         return summary
     finally:
@@ -291,7 +294,7 @@ def _run(loop: _Loop, progress: bool, log) -> None:
 
         bar = tqdm(total=total, initial=loop.step, unit="step", dynamic_ncols=True)
     try:
-        while loop.step < total:
+        while loop.step < total and loop.stopped is None:
             before = loop.step * loop.config.batch
             _step(loop)
             _maintain(loop, before, None if bar is not None else log)
@@ -354,6 +357,7 @@ def _maintain(loop: _Loop, before: int, log) -> None:
     due_log = loop.step % config.log_every == 0 or done
     due_snapshot = _crossed([e * n for e in record["snapshot_epochs"]], before, nimg) or done
     due_track = bool(every) and (nimg // every > before // every or done)
+    due_snapshot = due_snapshot or (due_track and config.guard is not None)  # the guard keeps every measured net
     due_state = loop.step % config.checkpoint_every == 0 or done
     if not (due_log or due_snapshot or due_track or due_state):
         return
@@ -363,13 +367,15 @@ def _maintain(loop: _Loop, before: int, log) -> None:
     if due_snapshot and loop.rank == 0:
         save_snapshot(loop.out / snapshot_name(epoch), loop.ema.net, record=record, step=loop.step, epoch=epoch)
     if due_track:
+        result = None
         if loop.rank == 0:
             result = track_memorization(loop.ema, loop.data, record, loop.device)
             append_jsonl(loop.out / TRACK_FILE, dict(epoch=epoch, step=loop.step, **result))
             if log is not None:
                 log(f"epoch {epoch} step {loop.step}: memorization ratio {result['ratio']:.3f}")
         _barrier(loop.world_size)
-    if due_state:
+        loop.stopped = guard_check(loop, result)  # None unless the guard tripped: then save the state and stop
+    if due_state or loop.stopped is not None:
         _save_state(loop)
 
 

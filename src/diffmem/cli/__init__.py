@@ -59,7 +59,9 @@ from diffmem.cli.quality_cmd import quality_cmd  # noqa: E402
 from diffmem.cli.report_cmd import report_cmd  # noqa: E402
 from diffmem.cli.rf_cmd import rf_cmd  # noqa: E402
 from diffmem.cli.sample_cmd import sample_cmd  # noqa: E402
+from diffmem.cli.select_cmd import select_cmd  # noqa: E402
 from diffmem.cli.sweep_cmd import emm_cmd, sweep_cmd  # noqa: E402
+from diffmem.cli.timescales_cmd import timescales_cmd  # noqa: E402
 from diffmem.cli.train_cmd import train_cmd  # noqa: E402
 from diffmem.cli.twosplit_cmd import twosplit_cmd  # noqa: E402
 
@@ -70,3 +72,5 @@ main.add_command(regularization_cmd)
 main.add_command(quality_cmd)
 main.add_command(rf_cmd)
 main.add_command(membership_cmd)
+main.add_command(timescales_cmd)
+main.add_command(select_cmd)

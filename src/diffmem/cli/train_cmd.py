@@ -65,6 +65,8 @@ KNOBS = [
     click.option("--track-every", type=int, default=None, metavar="EPOCHS",
                  help=f"Track the memorization ratio every K epochs {_default('track_every')} (0 = off)."),
     click.option("--track-samples", type=int, default=None, help=f"Samples per measurement {_default('track_samples')}."),
+    click.option("--guard", type=float, default=None, metavar="F",
+                 help="Stop (keeping every snapshot) once the tracked ratio exceeds F; needs --track-every."),
     click.option("--checkpoint-every", type=int, default=None, metavar="STEPS",
                  help=f"Save state.pt every K steps {_default('checkpoint_every')}."),
     click.option("--log-every", type=int, default=None, metavar="STEPS",
@@ -127,4 +129,6 @@ def train_cmd(ctx, data, out, resume, dry_run, progress, **knobs):
     except TrainingDiverged as err:  # one line on stderr, exit status 2, last good state kept
         raise click.ClickException(str(err)) from None
     if int(os.environ.get("RANK", 0)) == 0:  # torchrun: only the first process reports
-        click.echo(f"trained {summary['steps']} steps ({summary['epochs']:g} epochs); run in {out}")
+        stopped = summary.get("stopped")
+        click.echo(f"{stopped['message']}; run in {out}" if stopped else
+                   f"trained {summary['steps']} steps ({summary['epochs']:g} epochs); run in {out}")
