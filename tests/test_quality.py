@@ -4,6 +4,7 @@ held-out split (disjoint from the training subset), the loss gap of the optimum,
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -26,6 +27,33 @@ def test_gaussian_frechet_by_hand():
     assert gaussian_frechet([3.0], [[0.25]], [1.0], [[4.0]]) == pytest.approx(4 + (0.5 - 2) ** 2, abs=1e-10)
     # singular covariances (rank 1) take the eps route and stay finite
     assert gaussian_frechet([0, 0], np.diag([1.0, 0.0]), [0, 0], np.diag([1.0, 0.0])) == pytest.approx(0, abs=1e-5)
+
+
+def test_singular_covariances_need_no_warning(rng):
+    """Features that never vary (pixels always 0) make Σ₁Σ₂ singular: the FD is that of the other
+    features, and no LinAlgWarning reaches the user's stderr."""
+    x, y = rng.standard_normal((200, 6)), 0.5 + rng.standard_normal((200, 6))
+    x[:, :2], y[:, :2] = 0.0, 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fd = frechet_distance(x, y)
+    assert fd == pytest.approx(frechet_distance(x[:, 2:], y[:, 2:]), abs=1e-4)
+
+
+def test_an_inaccurate_square_root_takes_the_regularized_route(monkeypatch):
+    """scipy only warns when sqrtm's answer is wrong; a root that does not square back to Σ₁Σ₂ is
+    refused and the eps·I route taken."""
+    import diffmem.metrics.quality as Q
+
+    real, calls = Q.linalg.sqrtm, []
+
+    def flaky(m):
+        calls.append(m)
+        return real(m) + (0.5 if len(calls) == 1 else 0.0)  # finite, but wrong the first time
+
+    monkeypatch.setattr(Q.linalg, "sqrtm", flaky)
+    assert gaussian_frechet([0, 0], np.diag([1.0, 4.0]), [1, 2], np.diag([4.0, 9.0])) == pytest.approx(7.0, abs=1e-4)
+    assert len(calls) == 2
 
 
 def test_gaussian_frechet_matches_the_symmetric_form(rng):

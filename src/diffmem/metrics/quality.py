@@ -17,6 +17,8 @@ training images better than unseen ones (the test-loss curve of seed 003).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import linalg
 
@@ -34,8 +36,8 @@ def gaussian_frechet(mu1, cov1, mu2, cov2, *, eps: float = 1e-6) -> float:
     ``‖μ₁ - μ₂‖² + tr(Σ₁) + tr(Σ₂) - 2 tr((Σ₁ Σ₂)^½)``.
 
     ``mu``: (k,), ``cov``: (k, k), in feature units; the result is in feature units squared.
-    ``(Σ₁ Σ₂)^½`` is scipy's ``sqrtm``; when the product is singular (the root is not finite) both
-    covariances get ``eps·I`` added first, and an imaginary part left by round-off is dropped (it
+    ``(Σ₁ Σ₂)^½`` is scipy's ``sqrtm``; when the product is singular (the root is not finite or
+    does not square back to the product) both covariances get ``eps·I`` added first, and an imaginary part left by round-off is dropped (it
     must be small next to the real part, else a ValueError).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
@@ -43,16 +45,31 @@ def gaussian_frechet(mu1, cov1, mu2, cov2, *, eps: float = 1e-6) -> float:
     if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"shapes do not match: mu {mu1.shape}, {mu2.shape}; cov {cov1.shape}, {cov2.shape}")
     diff = mu1 - mu2
-    root = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(root).all():
+    root = _sqrtm(cov1 @ cov2)
+    if root is None:  # singular product (e.g. pixels that never change): regularize, as pytorch-fid does
         offset = eps * np.eye(len(mu1))
-        root = linalg.sqrtm((cov1 + offset) @ (cov2 + offset))
+        root = _sqrtm((cov1 + offset) @ (cov2 + offset))
+        if root is None:
+            raise ValueError("sqrtm(Σ₁Σ₂) failed even with eps·I added to both covariances")
     if np.iscomplexobj(root):
         if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3 * max(1.0, np.abs(root).max())):
             raise ValueError(f"sqrtm(Σ₁Σ₂) has a large imaginary part {np.abs(root.imag).max():.3g}")
         root = root.real
     fd = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(root)
     return float(max(fd, 0.0))  # ≥ 0 in exact arithmetic; round-off can leave -1e-12
+
+
+def _sqrtm(product: np.ndarray, rtol: float = 1e-6):
+    """scipy's principal square root of ``product``, or None when it is not finite or not accurate
+    (``‖R·R - P‖ > rtol·‖P‖``: what scipy only warns about for singular matrices)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(product)
+    if not np.isfinite(root).all():
+        return None
+    if np.linalg.norm(root @ root - product) > rtol * max(np.linalg.norm(product), 1e-300):
+        return None
+    return root
 
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
