@@ -128,6 +128,27 @@ def test_pair_measures_extremes(rng):
     assert agree["cos_ab"] == pytest.approx(1) and agree["rms_ab"] == 0 and agree["pair_closer"] == 1
 
 
+def test_pair_closer_counts_every_training_image_of_both_halves():
+    """x_A sits next to an image z of the *other* half, x_B twice as far along the same line: the
+    pair is no closer to each other (‖x_A - x_B‖ = ‖x_A - z‖) than x_A is to a training image, though
+    both are far from half A and x_B is farther from z than from x_A."""
+    t_a = np.ones((3, 1, 4, 4)) * np.array([0.9, 0.95, 1.0])[:, None, None, None]
+    t_b = np.ones((3, 1, 4, 4)) * np.array([-0.5, -0.2, 0.1])[:, None, None, None]
+    e = 0.01 * np.ones((1, 1, 4, 4))
+    x_a, x_b = t_b[:1] + e, t_b[:1] + 2 * e
+    row = pair_measures(x_a, x_b, t_a, t_b, np.zeros((1, 4, 4)))
+    assert row["pair_closer"] == 0
+    assert pair_measures(x_b, x_a, t_b, t_a, np.zeros((1, 4, 4)))["pair_closer"] == 0  # roles swapped
+    assert row["rms_other_a"] == pytest.approx(0.01) and row["rms_own_b"] == pytest.approx(0.02)
+    apart = pair_measures(x_a + 0.25, x_a + 0.255, t_a, t_b, np.zeros((1, 4, 4)))
+    assert apart["pair_closer"] == 1  # (-0.24, -0.235): 0.005 apart, 0.035 from -0.2
+
+
+def test_model_space_known_answer():
+    assert np.allclose(model_space(np.array([0, 255, 51], dtype=np.uint8)), [-1.0, 1.0, 51 / 127.5 - 1])
+    assert model_space(np.array([0.25], dtype=np.float32))[0] == 0.25
+
+
 def test_same_seed_gives_both_models_the_same_latents():
     """sample() starts sample i from the stream (seed, i): two different denoisers sampled with one
     seed see the same x_0 (here: the first input each receives)."""

@@ -245,7 +245,7 @@ def train_half(config: TrainConfig, images: ImageSet, folder: Path) -> None:
         return
     start = time.time()
     train(config, images, folder, resume=(folder / CONFIG_FILE).exists())
-    write_json(folder / "wall_time.json", {"seconds": round(time.time() - start, 1)})
+    write_json(folder / "wall_time.json", {"seconds": round(time.time() - start, 1)})  # of the finishing session
 
 
 def job_half(config: TrainConfig, images: ImageSet, folder: str, samples_path: str, settings: TwoSplitSettings) -> str:
