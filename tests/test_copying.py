@@ -168,3 +168,16 @@ def test_cli_heldout_of_another_shape_one_line(run_cli, tmp_path, rng):
     one_line(*run_cli(["audit", tmp_path / "gen.npz", "--train", tmp_path / "train.zip", "--heldout",
                        tmp_path / "held.npz", "--out", tmp_path / "audit"]), "--heldout", "shape")
     assert not (tmp_path / "audit").exists()
+
+
+def test_mixed_uint8_and_float_sets_agree(rng):
+    """uint8 pixels and model-space floats of the same images give the same C_T and distances."""
+    train, heldout, gen = (rng.integers(0, 256, (k, 1, 2, 2), dtype=np.uint8) for k in (60, 80, 80))
+    gen[:40] = train[:40]
+    as_float = lambda a: a.astype(np.float64) / 127.5 - 1  # noqa: E731
+    a = data_copying(train, heldout, gen, cells=2)
+    b = data_copying(train, as_float(heldout), as_float(gen), cells=2)
+    assert a.c_t == pytest.approx(b.c_t, rel=1e-9) and a.c_t < 0
+    np.testing.assert_allclose(a.gen_dist, b.gen_dist, rtol=1e-9, atol=1e-12)
+    c = data_copying(as_float(train), as_float(heldout), as_float(gen), cells=2)
+    np.testing.assert_allclose(a.gen_dist, c.gen_dist, rtol=1e-6)
