@@ -126,8 +126,8 @@ def adaptive_score(d1, mean_n, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
 def tiled_distances(query: np.ndarray, reference: np.ndarray, grid: int) -> np.ndarray:
     """(m, n) float64 tiled ℓ2: ``max_t ‖q_t - r_t‖₂`` over the grid × grid non-overlapping tiles of
     (m, C, H, W) and (n, C, H, W) images (H and W divisible by ``grid``)."""
-    q = torch.as_tensor(np.asarray(query, dtype=np.float64))
-    r = torch.as_tensor(np.asarray(reference, dtype=np.float64))
+    q = torch.as_tensor(query, dtype=torch.float64)  # no copy for a float64 tensor
+    r = torch.as_tensor(reference, dtype=torch.float64)
     m, n = len(q), len(r)
     out = torch.zeros((m, n), dtype=torch.float64)
     th, tw = q.shape[2] // grid, q.shape[3] // grid
@@ -146,8 +146,9 @@ def _tiled_knn(g: np.ndarray, t: np.ndarray, k: int, grid: int, memory_limit: in
                          param="tiles")
     step = max(1, memory_limit // max(1, 8 * (len(t) + g[0].size) * 4))
     dist, index = np.empty((len(g), k)), np.empty((len(g), k), dtype=np.int64)
+    t64 = torch.as_tensor(t, dtype=torch.float64)  # converted once, not per block
     for s in range(0, len(g), step):
-        block = tiled_distances(g[s:s + step], t, grid)
+        block = tiled_distances(g[s:s + step], t64, grid)
         order = np.argsort(block, axis=1, kind="stable")[:, :k]
         index[s:s + step] = order
         dist[s:s + step] = np.take_along_axis(block, order, axis=1)
