@@ -24,8 +24,11 @@ the mean of U; we use the formula above (a shift of 0.5/σ_U per cell).
 Auditing Generative Models", Alaa, van Breugel, Saveliev & van der Schaar, ICML 2022, §3): a generated
 sample g is *inauthentic* when it is closer to its nearest training image r than r is to any other
 training image, ``‖g - r‖ < min_{t ≠ r} ‖r - t‖``; the authenticity score is the authentic share (the
-simple per-sample rule of the paper's §3 without the classifier of its §5). **Lower authenticity
-means more samples copy their nearest training image.**
+paper's per-sample rule, as DESIGN.md §6 states it). **Lower authenticity means more samples copy
+their nearest training image.** The authors' released code (vanderschaarlab/evaluating-generative-
+models, copied by synthcity) computes instead, for every *real* point r, ``real_to_real[j] <
+real_to_synth[r]`` with ``j`` the index of r's nearest *synthetic* point used as a real index — a
+per-real-point average that mixes index spaces; we do not reproduce it.
 
 Distances are exact L2 (:func:`~diffmem.metrics.neighbors.knn`) over all values, in model-space units.
 """
