@@ -197,3 +197,17 @@ def test_bad_models_are_refused_in_one_line(tmp_path, run_cli):
         one_line(*run_cli(["sample", "--network", path, "--num", "2", "--out", tmp_path / "g.npz"]),
                  "--network", needle)
     assert load_denoiser(tmp_path / "pickled", allow_pickle=True).shape == (1, 8, 8)
+
+
+def test_load_denoiser_opens_a_diffmem_run_folder_and_snapshot(tmp_path, run_cli):
+    from diffmem.runs import load_run
+
+    assert run_cli(["data", "--source", "digits", "--size", "10", "--labels", "none", "--out", tmp_path / "d.zip"])[0] == 0
+    code, _, err = run_cli(["train", "--data", tmp_path / "d.zip", "--out", tmp_path / "run", "--preset", "tiny",
+                            "--channels", "16", "--steps", "2", "--batch", "5", "--device", "cpu", "--no-progress"])
+    assert code == 0, err
+    x, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 0.7)
+    expected = load_run(tmp_path / "run").denoiser(x, sigma)
+    snapshot = load_run(tmp_path / "run").snapshot
+    for path in (tmp_path / "run", snapshot):
+        torch.testing.assert_close(load_denoiser(path)(x, sigma), expected, rtol=0, atol=0)
