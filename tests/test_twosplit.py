@@ -201,6 +201,13 @@ def test_two_split_end_to_end_and_resume(tmp_path, run_cli, monkeypatch):
     # a changed training config is refused, naming the output folder
     spec.write_text(TINY_SPEC.replace("lr = 2e-3", "lr = 1e-3"))
     one_line(*run_cli(["two-split", spec, "--out", out]), "--out", "[train] lr")
+    # a folder written before a knob existed (absent = its default) is this spec's
+    record = json.loads((out / "twosplit.json").read_text())
+    del record["train"]["ema_rampup"], record["settings"]["same_init"], record["data"]["root"]
+    (out / "twosplit.json").write_text(json.dumps(record))
+    spec.write_text(TINY_SPEC)
+    code, _, stderr = run_cli(["two-split", spec, "--out", out, "--threads", "1"])
+    assert code == 0 and calls == [3, 3], stderr
 
 
 # ---------------------------------------------------------------------------------------------

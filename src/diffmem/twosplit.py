@@ -272,8 +272,9 @@ class TwoSplitResult:
     rows: list[dict]  # one per finished n, ascending
 
 
-def _check_out(out: Path, record: dict) -> None:
-    """A new or empty folder, or one holding this spec's two-split (the sizes may differ)."""
+def _check_out(out: Path, plan: TwoSplitPlan) -> None:
+    """A new or empty folder, or one holding this spec's two-split (the sizes may differ; fields
+    added to the package since, at their defaults, are no difference)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder", param="out")
     if not out.exists() or not any(out.iterdir()):
@@ -281,13 +282,16 @@ def _check_out(out: Path, record: dict) -> None:
     if not (out / SPEC_FILE).exists():
         raise InputError(f"{out}: a non-empty folder without {SPEC_FILE}; give a new or empty folder", param="out")
     stored = json.loads((out / SPEC_FILE).read_text())
-    for key in ("data", "train", "settings"):
-        old, new = dict(stored.get(key, {})), dict(record[key])
-        old.pop("sizes", None), new.pop("sizes", None)
-        if old != new:
-            changed = next((k for k in new if old.get(k) != new.get(k)), "?")
-            raise InputError(f"{out}: holds a two-split run with another [{'twosplit' if key == 'settings' else key}] "
-                             f"{changed}; give a new output folder", param="out")
+    known = lambda cls, values: {f.name: values[f.name] for f in fields(cls) if f.name in values}  # noqa: E731
+    old_settings = TwoSplitSettings(**{**known(TwoSplitSettings, stored["settings"]), "sizes": plan.settings.sizes})
+    changed = [f"[train] {k}" for k in plan.train.differences(TrainConfig.from_dict(stored["train"]))]
+    changed += [f"[data] {f.name}" for f in fields(DataSpec)
+                if getattr(DataSpec(**known(DataSpec, stored["data"])), f.name) != getattr(plan.data, f.name)]
+    changed += [f"[twosplit] {f.name}" for f in fields(TwoSplitSettings)
+                if getattr(old_settings, f.name) != getattr(plan.settings, f.name)]
+    if changed:
+        raise InputError(f"{out}: holds a two-split run with another {changed[0]}; give a new output folder",
+                         param="out")
 
 
 def run_twosplit(plan: TwoSplitPlan, out, *, workers: int = 1, threads: int | None = None, log=None) -> TwoSplitResult:
@@ -299,8 +303,9 @@ def run_twosplit(plan: TwoSplitPlan, out, *, workers: int = 1, threads: int | No
     settings = plan.settings
     record = dict(spec=plan.path, name=plan.name, data=plan.data.to_dict(), train=plan.train.to_dict(),
                   settings={**asdict(settings), "sizes": list(settings.sizes)})
-    _check_out(out, record)
+    _check_out(out, plan)
     pool, seq_a, seq_b = make_pool(plan.data, settings.split_seed)
+    center = model_space(pool.images).mean(0)  # μ of the centred cosines: the source's mean image (C, H, W)
     try:  # a size too large is refused before any work
         pairs = {n: halves(pool, seq_a, seq_b, n) for n in settings.sizes}
     except InputError as err:
@@ -315,18 +320,13 @@ def run_twosplit(plan: TwoSplitPlan, out, *, workers: int = 1, threads: int | No
         done.add(key)
         n = int(key[2:].split("/")[0])
         if {f"n={n}/a", f"n={n}/b"} <= done and log is not None:
-            row = measure_n(out, n, *pairs[n], _center(pool))
+            row = measure_n(out, n, *pairs[n], center)
             log(f"n = {n}: cos(A, B) {row['cos_ab']:.3f}, cos to own nearest {row['cos_own']:.3f}, "
                 f"memorized (own half) {row['mem_own']:.3f}, pairs closer than any training image {row['pair_closer']:.3f}")
-    rows = [measure_n(out, n, *pairs[n], _center(pool)) for n in settings.sizes]
+    rows = [measure_n(out, n, *pairs[n], center) for n in settings.sizes]
     write_table(out, rows)
     write_figures(out, rows, pairs)
     return TwoSplitResult(out, rows)
-
-
-def _center(pool: ImageSet) -> np.ndarray:
-    """The mean image of the source in model space, (C, H, W) float64."""
-    return model_space(pool.images).mean(0)
 
 
 def measure_n(out: Path, n: int, half_a: ImageSet, half_b: ImageSet, center: np.ndarray) -> dict:
@@ -365,6 +365,8 @@ def curves_figure(rows: list[dict], series: dict, ylabel: str, title: str):
     for label, column in series.items():
         ax.plot(n, [r[column] for r in rows], "o-", ms=3.5, label=label)
     ax.set_xscale("log")
+    ax.set_xticks(n, [str(v) for v in n])
+    ax.minorticks_off()
     ax.set_xlabel("n (training images per half)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -380,7 +382,7 @@ def pairs_figure(out: Path, rows: list[dict], pairs: dict, count: int = 4):
 
     from diffmem.metrics.neighbors import knn
 
-    fig = Figure(figsize=(count * 4 * 0.62, len(rows) * 0.72 + 0.4))
+    fig = Figure(figsize=(count * 4 * 0.62, len(rows) * 0.72 + 0.6))
     axes = fig.subplots(len(rows), count * 4, squeeze=False)
     for r, row in enumerate(rows):
         n = row["n"]
@@ -392,9 +394,12 @@ def pairs_figure(out: Path, rows: list[dict], pairs: dict, count: int = 4):
                 ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255,
                           interpolation="nearest")
                 ax.set_xticks([]), ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(("NN in A", "A", "B", "NN in B")[c], fontsize=6)
         axes[r, 0].set_ylabel(f"n={n}", fontsize=7)
-    fig.suptitle("per pair: NN in half A | sample A | sample B | NN in half B (same latent)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    fig.suptitle("pairs from the same latent: nearest image of half A | sample A | sample B | nearest of half B",
+                 fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.25 / fig.get_figheight()))
     return fig
 
 
