@@ -60,6 +60,9 @@ _EXPORTS = {
     "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
     "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
     "run_demo": "diffmem.demo",
+    # audit
+    "audit": "diffmem.audit", "AuditResult": "diffmem.audit", "open_streamed": "diffmem.data.stream",
+    "StreamedSet": "diffmem.data.stream",
     # timescales and the guard (seed 003)
     "run_timescales": "diffmem.timescales", "TimescaleSettings": "diffmem.timescales", "tau_gen": "diffmem.timescales",
     "tau_mem": "diffmem.timescales", "fit_proportional": "diffmem.timescales", "select_snapshot": "diffmem.guard",

@@ -53,7 +53,7 @@ class Criterion:
     flags: np.ndarray | None = None
     columns: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
-    figures: list = field(default_factory=list)  # (caption, matplotlib Figure)
+    figures: list = field(default_factory=list)  # (caption, function making a matplotlib Figure), drawn on demand
 
 
 @dataclass
@@ -234,10 +234,10 @@ def extraction(ctx: AuditInputs) -> Criterion:
     res = ex.extraction(as_image_set(ctx.train), ctx.gen_units(), memory_limit=ctx.memory_limit, device=ctx.device,
                         progress=ctx.progress)
     ci, _ = bootstrap_ci(res.extracted, 1000, ctx.seed)
-    fig = ex.most_copied_figure(res, ctx.train.images, ctx.gen_units())
     return Criterion("extraction", True, res.explain(), res.fraction, ci, res.extracted,
                      {"nn1": res.idx1, "d1": res.d1, "mean_n": res.mean_n, "score": res.score}, res.summary(),
-                     [("Most copied training images (Carlini et al.'s extraction)", fig)])
+                     [("Most copied training images (Carlini et al.'s extraction)",
+                       lambda: ex.most_copied_figure(res, ctx.train.images, ctx.gen_units()))])
 
 
 def authenticity(ctx: AuditInputs) -> Criterion:
@@ -294,7 +294,7 @@ def membership(ctx: AuditInputs) -> Criterion:
     res = mm.membership(ctx.denoiser, members, as_image_set(ctx.heldout), seed=ctx.seed, device=ctx.device)
     figs = []
     if hasattr(mm, "roc_figure"):
-        figs.append(("Membership inference ROC (training vs held-out)", mm.roc_figure(res)))
+        figs.append(("Membership inference ROC (training vs held-out)", lambda: mm.roc_figure(res)))
     return Criterion("membership", True, res.explain(), summary=res.summary(), figures=figs)
 
 

@@ -117,8 +117,8 @@ def build_page(result, ctx, folder: Path) -> Report:
                            save_figure(ratio_histogram(pixel.columns["ratio"], pixel.summary["threshold"]),
                                        folder / "ratio_histogram.png")))
     for c in result.ran:
-        for i, (caption, fig) in enumerate(c.figures):
-            report.figures.append((caption, save_figure(fig, folder / f"{c.name}-{i}.png")))
+        for i, (caption, draw) in enumerate(c.figures):
+            report.figures.append((caption, save_figure(draw(), folder / f"{c.name}-{i}.png")))
     report.table = _criteria_rows(result)
     report.tables.append((f"The {TOP_ROWS} samples closest to a training image (pixel d1/d2)", _top_rows(result)))
     return report
