@@ -195,7 +195,7 @@ def roc_figure(result: MembershipResult) -> Figure:
     lo = 1.0 / max(len(result.heldout_scores), 1)
     keep = (result.fpr > 0) & (result.tpr > 0)
     label = f"{result.method}: AUC {result.auc:.3f}, TPR@1%FPR {result.tpr_at_1fpr:.3f}"
-    ax.plot(result.fpr[keep], result.tpr[keep], drawstyle="steps-post", label=label)
+    ax.plot(result.fpr[keep], result.tpr[keep], label=label)  # the ROC's own corners (ties: diagonals)
     ax.plot([lo / 10, 1], [lo / 10, 1], "k--", lw=0.8, label="chance")
     ax.set_xscale("log")
     ax.set_yscale("log")
