@@ -163,7 +163,7 @@ def test_unstable_time_step_is_refused():
     assert stability(s.cells()[0], s) > 2
     with pytest.raises(InputError) as err:
         check_stability(s)
-    assert err.value.param == "dt"
+    assert str(err.value).startswith("[rf] dt: ")
 
 
 SPEC = """name = "tiny-rf"
@@ -230,5 +230,5 @@ def test_bad_flags(tmp_path, run_cli):
     one_line(*run_cli(["random-features", spec, "--out", tmp_path / "file"]), "--out")
     unstable = tmp_path / "unstable.toml"
     unstable.write_text(SPEC.replace("dt = 1.0", "dt = 100.0").replace("time = 40.0", "time = 400.0"))
-    one_line(*run_cli(["random-features", unstable, "--out", tmp_path / "o"]), "--dt")
+    one_line(*run_cli(["random-features", unstable, "--out", tmp_path / "o"]), "[rf] dt", "use dt <")
     assert not (tmp_path / "o").exists()

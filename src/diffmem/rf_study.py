@@ -177,13 +177,14 @@ def stability(cell: dict, settings: RFSettings) -> float:
 
 
 def check_stability(settings: RFSettings) -> dict:
-    """Every cell's stability number; an InputError naming ``dt`` if one is at or above the limit."""
+    """Every cell's stability number; an InputError naming the spec key ``[rf] dt`` if one is at or
+    above the limit."""
     numbers = {c["name"]: stability(c, settings) for c in settings.cells()}
     worst = max(numbers, key=numbers.get)
     if numbers[worst] >= STABILITY_LIMIT:
         safe = settings.dt * STABILITY_LIMIT / numbers[worst]
-        raise InputError(f"gradient descent would be unstable at {worst} (dt·Δ_t·λ_max/ψ_p = "
-                         f"{numbers[worst]:.2f} ≥ {STABILITY_LIMIT}); use dt < {safe:.3g}", param="dt")
+        raise InputError(f"[rf] dt: gradient descent would be unstable at {worst} (dt·Δ_t·λ_max/ψ_p = "
+                         f"{numbers[worst]:.2f} ≥ {STABILITY_LIMIT}); use dt < {safe:.3g}")
     return numbers
 
 
