@@ -75,6 +75,16 @@ def test_memorized_fraction_falls_with_c_on_the_toy():
     assert np.median(np.linalg.norm(x, axis=1)) > 20
 
 
+def test_image_samples_are_measured_as_pngs_in_model_space(digits):
+    from diffmem.data import class_balanced_subset
+
+    train = class_balanced_subset(digits, 10)
+    settings = RegularizationSettings(tikhonov=(0.0,), num=12, steps=8, bootstrap=0, tolerance=1e-9)
+    row, x = measure_strength(train, "tikhonov", 0.0, settings)
+    assert row["fraction_within"] == 1.0 and row["median_d1"] == 0.0  # rounded copies are exact copies
+    assert np.allclose(x * 127.5 + 127.5, np.rint(x * 127.5 + 127.5), atol=1e-4) and x.min() >= -1
+
+
 def _spec(tmp_path, body: str, name="reg.toml"):
     path = tmp_path / name
     path.write_text('name = "reg"\nmode = "regularization"\n[data]\nsource = "toy2d"\nsize = 20\n' + body)
