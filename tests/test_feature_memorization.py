@@ -98,6 +98,9 @@ def test_pixels_l2_is_the_pixel_audit(planted):
     ref = memorization(train, gen)
     np.testing.assert_allclose(r.d1, ref.d1, rtol=1e-6)
     assert r.memorized.tolist() == ref.memorized.tolist() and r.similarity is None
+    cos = feature_memorization(train, gen, features="pixels", similarity_threshold=-1.0, bootstrap=0)
+    assert "not calibrated" in cos.explain() and cos.replicated.all()
+    assert "not calibrated" not in feature_memorization(train, gen, similarity_threshold=1.0, bootstrap=0).explain()
     assert r.summary()["replication_fraction"] is None
     own = np.sort(np.sqrt(((train[:, None].astype(float) - train[None]) ** 2).reshape(24, 24, -1).sum(-1)), 1)[:, 1]
     assert r.background["q0.5"] == pytest.approx(np.median(own) / 127.5, rel=1e-6)

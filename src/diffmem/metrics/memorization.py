@@ -238,9 +238,12 @@ class FeatureMemorizationResult(MemorizationResult):
         line = (f"{self.features} features ({self.metric}): {self.ratio:.1%} memorized (d1/d2 < "
                 f"{self.threshold:.4g})")
         if self.similarity is not None:
+            median = self.background.get("q0.5", float("nan"))
             line += (f", {self.replicated.mean():.1%} replicated (nearest cosine similarity > "
                      f"{self.similarity_threshold:g}; higher = closer copy; training images' own nearest "
-                     f"similarity: median {self.background.get('q0.5', float('nan')):.3f})")
+                     f"similarity: median {median:.3f})")
+            if median > self.similarity_threshold:
+                line += "; the threshold is below the training set's own median: not calibrated for these features"
         return line
 
 
