@@ -217,6 +217,8 @@ def test_bad_input_is_one_line_and_exit_2(files, run_cli, tmp_path):
     torch.jit.script(_Flat()).save(str(tmp_path / "flat.pt"))
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 8)
+    np.save(tmp_path / "float.npy", np.full((4, 1, 8, 8), 1.5))
+    np.save(tmp_path / "int.npy", np.full((4, 8, 8), 300, dtype=np.int16))
     base = ["--train", files / "train.npy", "--out", tmp_path / "o"]
     gen = files / "gen.npz"
     cases = [
@@ -232,6 +234,9 @@ def test_bad_input_is_one_line_and_exit_2(files, run_cli, tmp_path):
         ([gen, *base, "--num", "0"], "--num", ">= 1"),
         ([gen, *base, "--memory-limit", "1KiB"], "--memory-limit", "16MiB"),
         ([gen, "--train", files / "missing.npy", "--out", tmp_path / "o"], "--train", "no such"),
+        ([gen, "--train", tmp_path / "float.npy", "--out", tmp_path / "o"], "--train", "[-1, 1]"),
+        ([gen, "--train", tmp_path / "int.npy", "--out", tmp_path / "o"], "--train", "0..255"),
+        ([gen, *base, "--features", "classifier"], "--source", "built-in source"),
     ]
     for argv, flag, needle in cases:
         code, out, err = run_cli(["audit", *argv])

@@ -128,7 +128,8 @@ def _check_options(num, threshold, gate, fail_above, memory_limit, seed):
     return num, threshold, fail_above, memory_limit, check_seed(seed)
 
 
-def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=None, threshold: float = DEFAULT_THRESHOLD,
+def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=None, source: str | None = None,
+          threshold: float = DEFAULT_THRESHOLD,
           gate: str = "pixel", fail_above: float | None = None, out=None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
           device: str | None = None, seed: int = 0, steps: int = 18, progress: bool = False,
           allow_pickle: bool = False) -> AuditResult:
@@ -137,13 +138,15 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
     ``train`` and ``heldout`` are paths (PNG folder, ``.npz``, ``.npy``, EDM ``.zip``, ...) or
     in-memory image sets (ImageSet / (N, C, H, W) arrays); ``features`` a feature-space spec of
     :func:`diffmem.metrics.features.load_features` (``pixels``, ``pca:K``, ``classifier``, a
-    TorchScript path) or None; ``threshold`` the 1/3 rule's threshold; ``gate`` the criterion that
+    TorchScript path) or None, ``source`` the built-in source the ``classifier`` features need;
+    ``threshold`` the 1/3 rule's threshold; ``gate`` the criterion that
     ``fail_above`` (a fraction in [0, 1]) applies to; ``memory_limit`` bytes for reading the
     training set and the neighbour search; ``seed`` for sampling and bootstraps; ``steps`` the Heun
     steps of sampling a model. Bad input raises
     :class:`~diffmem.errors.InputError` naming the parameter.
     """
-    num, threshold, fail_above, memory_limit, seed = _check_options(num, threshold, gate, fail_above, memory_limit, seed)
+    num, threshold, fail_above, memory_limit, seed = _check_options(num, threshold, gate, fail_above,
+                                                                    memory_limit, seed)
     created = out is not None and str(out).strip() != "" and not Path(out).exists()
     if out is not None:
         out = prepare_output(out, kind="folder", names=OUTPUTS)
@@ -158,8 +161,8 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
         gen = resolve_generated(model_or_samples, train_set, num=num, seed=seed, steps=steps, device=device or "cpu",
                                 progress=progress, allow_pickle=allow_pickle)
         ctx = AuditInputs(train=train_set, generated=gen.images, heldout=held, denoiser=gen.denoiser,
-                          features=features, threshold=threshold, memory_limit=memory_limit, device=device or "cpu",
-                          seed=seed, progress=progress, cache=cache)
+                          features=features, source=source, threshold=threshold, memory_limit=memory_limit,
+                          device=device or "cpu", seed=seed, progress=progress, cache=cache)
         return _finish(ctx, gate, fail_above, out)
     except BaseException:
         if created:  # bad input (or an interruption) leaves nothing behind

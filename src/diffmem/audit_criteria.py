@@ -66,6 +66,7 @@ class AuditInputs:
     heldout: StreamedSet | None
     denoiser: object | None
     features: object | None
+    source: str | None
     threshold: float
     memory_limit: int
     device: str
@@ -130,7 +131,7 @@ def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
 
     rows = chunk_rows(ctx.train.shape, ctx.memory_limit)
     reference = np.asarray(ctx.train.images[:min(len(ctx.train), rows, 10_000)])
-    extractor = load_features(ctx.features, reference=reference, device=ctx.device)
+    extractor = load_features(ctx.features, reference=reference, source=ctx.source, device=ctx.device)
     gen = _embed(extractor, ctx.generated, None)
     k = gen.shape[1]
     big = len(ctx.train) * k * 4 > ctx.memory_limit // 4

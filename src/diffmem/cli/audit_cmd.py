@@ -26,20 +26,21 @@ _POSITIONAL = ("model", "model_or_samples")
               help="Training images: .npy (memory-mapped), .npz, EDM .zip or PNG folder (read in chunks), ...")
 @click.option("--heldout", default=None, help="Held-out images of the same distribution (enables copying, membership).")
 @click.option("--features", default=None, help="Feature space: pixels, pca:K, classifier or a TorchScript file.")
+@click.option("--source", default=None, help="The images' built-in source, for --features classifier.")
 @click.option("--num", default=1000, show_default=True, type=int, help="Samples to draw when given a model.")
 @click.option("--steps", default=18, show_default=True, type=int, help="Heun steps when sampling a model.")
 @click.option("--threshold", default="1/3", show_default=True, help="The d1/d2 threshold of the 1/3 rule.")
 @click.option("--gate", default="pixel", show_default=True, help="The criterion --fail-above applies to.")
 @click.option("--fail-above", default=None, help="Fail (exit 1) when the gate's flagged fraction is above this.")
-@click.option("--memory-limit", default="2GiB", show_default=True, help="Working-memory budget (training set read in chunks).")
+@click.option("--memory-limit", default="2GiB", show_default=True, help="Working memory (training set read in chunks).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of sampling and bootstraps.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled model files (trusted files only).")
 @click.option("--out", "out_dir", required=True, help="New folder for the report, tables and audit.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print audit.json's content on stdout instead of the verdict.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars with ETA on stderr [when a terminal].")
-def audit_cmd(model_or_samples, train_path, heldout, features, num, steps, threshold, gate, fail_above, memory_limit,
-              device, seed, allow_pickle, out_dir, as_json, progress):
+def audit_cmd(model_or_samples, train_path, heldout, features, source, num, steps, threshold, gate, fail_above,
+              memory_limit, device, seed, allow_pickle, out_dir, as_json, progress):
     """Audit a model (sampled --num times) or a set of samples against --train; print one verdict
     line. Exit 0: pass; 1: the --gate criterion's flagged fraction is above --fail-above; 2: bad input."""
     from diffmem.audit import audit
@@ -49,9 +50,10 @@ def audit_cmd(model_or_samples, train_path, heldout, features, num, steps, thres
     limit = parse_bytes(memory_limit, "memory_limit")
     device = resolve_device(device)
     try:
-        result = audit(model_or_samples, train_path, heldout, num=num, features=features, threshold=threshold,
-                       gate=gate, fail_above=fail_above, out=out_dir, memory_limit=limit, device=device, seed=seed,
-                       steps=steps, progress=sys.stderr.isatty() if progress is None else progress, allow_pickle=allow_pickle)
+        result = audit(model_or_samples, train_path, heldout, num=num, features=features, source=source,
+                       threshold=threshold, gate=gate, fail_above=fail_above, out=out_dir, memory_limit=limit,
+                       device=device, seed=seed, steps=steps, allow_pickle=allow_pickle,
+                       progress=sys.stderr.isatty() if progress is None else progress)
     except InputError as err:
         if err.param in _POSITIONAL:  # the argument has no flag: name it as the usage line does
             raise InputError(f"MODEL-or-SAMPLES: {err.detail}") from None

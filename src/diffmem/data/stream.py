@@ -209,7 +209,8 @@ class _Reader:
                     raise fail(self.param, self.path, "contains NaN or Inf")
                 lo, hi = (0, 255) if integer else (-1.0, 1.0)
                 if block.min() < lo or block.max() > hi:
-                    kind = "integer pixel values must lie in 0..255" if integer else "float pixel values must lie in [-1, 1]"
+                    kind = ("integer pixel values must lie in 0..255" if integer
+                            else "float pixel values must lie in [-1, 1]")
                     raise fail(self.param, self.path, f"{kind}, found {block.min()}..{block.max()}")
                 bar.update(len(block))
 
