@@ -194,3 +194,26 @@ def test_cli_data_heldout_bad_input(tmp_path, run_cli, extra, needles):
     one_line(*run_cli(["data", "--source", "digits", "--size", "50", "--out", tmp_path / "t.zip", *extra]),
              *needles)
     assert not (tmp_path / "t.zip").exists() and not (tmp_path / "h.zip").exists()
+
+
+def test_cli_quality_loss_gap_of_a_trained_run(tmp_path, run_cli):
+    """--network RUN --train T adds the library's loss_gap of the run's denoiser."""
+    import torch
+
+    from diffmem.runs import load_run
+
+    torch.set_num_threads(1)
+    assert run_cli(["data", "--source", "digits", "--size", "20", "--labels", "none", "--out", tmp_path / "t.zip",
+                    "--heldout-out", tmp_path / "h.zip", "--heldout-size", "20"])[0] == 0
+    assert run_cli(["train", "--data", tmp_path / "t.zip", "--out", tmp_path / "run", "--preset", "tiny",
+                    "--channels", "16", "--precond", "edm", "--steps", "4", "--batch", "8", "--device", "cpu",
+                    "--no-progress"])[0] == 0
+    code, out, err = run_cli(["quality", "--generated", tmp_path / "t.zip", "--heldout", tmp_path / "h.zip",
+                              "--features", "pixels", "--network", tmp_path / "run", "--train", tmp_path / "t.zip",
+                              "--device", "cpu", "--json"])
+    assert code == 0, err
+    loss = json.loads(out)["loss"]
+    train, held = load_image_set(tmp_path / "t.zip"), load_image_set(tmp_path / "h.zip")
+    expected = loss_gap(load_run(tmp_path / "run").denoiser, train, held)
+    assert loss["sigmas"] == expected["sigmas"]
+    assert loss["gap"] == pytest.approx(expected["gap"]) and loss["train_loss"] == pytest.approx(expected["train_loss"])
