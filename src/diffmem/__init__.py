@@ -60,6 +60,11 @@ _EXPORTS = {
     "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
     "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
     "run_demo": "diffmem.demo",
+    # point clouds, the memorized fraction on points, regularized optima (seed 002)
+    "PointCloud": "diffmem.data.points", "make_points": "diffmem.data.points", "load_data": "diffmem.data.points",
+    "save_points": "diffmem.data.points", "proximity": "diffmem.metrics.proximity",
+    "ProximityResult": "diffmem.metrics.proximity", "run_regularization": "diffmem.regularization",
+    "RegularizationSettings": "diffmem.regularization",
     # audit
     "audit": "diffmem.audit", "AuditResult": "diffmem.audit", "open_streamed": "diffmem.data.stream",
     "StreamedSet": "diffmem.data.stream",
