@@ -86,6 +86,22 @@ def test_auc_equals_a_direct_pairwise_count():
     assert auc_score(members, others) == pytest.approx(direct, abs=1e-12)
 
 
+def test_bootstrap_interval_of_the_auc_equals_a_direct_loop():
+    from diffmem.metrics.membership import bootstrap_auc
+    from diffmem.rng import BOOTSTRAP, numpy_rng
+
+    rng = np.random.default_rng(6)
+    members, others = rng.normal(0, 1, 30).round(1), rng.normal(0.8, 1, 40).round(1)  # with ties
+    draw, aucs = numpy_rng(3, BOOTSTRAP, 1), []
+    for _ in range(200):
+        a, b = members[draw.integers(0, 30, 30)], others[draw.integers(0, 40, 40)]
+        pairs = a[:, None] - b[None, :]
+        aucs.append(((pairs < 0).sum() + 0.5 * (pairs == 0).sum()) / pairs.size)
+    expected = np.percentile(aucs, [2.5, 97.5])
+    np.testing.assert_allclose(bootstrap_auc(members, others, 200, seed=3), expected, rtol=1e-12)
+    assert bootstrap_auc(np.zeros(5), np.ones(5), 50) == (1.0, 1.0)
+
+
 def test_planted_scores_give_known_auc_and_tpr():
     fpr, tpr = roc(np.arange(10.0), np.arange(10.0) + 100)  # perfectly separated: members lower
     assert auc_score(np.arange(10.0), np.arange(10.0) + 100) == 1.0 and tpr_at_fpr(fpr, tpr) == 1.0
@@ -190,7 +206,8 @@ def _digits12(t):
 @pytest.mark.parametrize("change,needle", [
     ({"--model": "empty"}, "--model"), ({"--model": "missing.pt"}, "--model"), ({"--heldout": "nope.zip"}, "--heldout"),
     ({"--sigma": "abc"}, "--sigma"), ({"--sigma": "-1"}, "--sigma"), ({"--sigma": "0.1,"}, "--sigma"),
-    ({"--method": "lira"}, "--method"), ({"--seed": "-3"}, "--seed"), ({"--method": "secmi", "--sigma": "500"}, "--sigma"),
+    ({"--method": "lira"}, "--method"), ({"--seed": "-3"}, "--seed"), ({"--bootstrap": "-1"}, "--bootstrap"),
+    ({"--method": "secmi", "--sigma": "500"}, "--sigma"),
 ])
 def test_membership_cli_bad_input_is_one_line(member_files, run_cli, change, needle):
     t = member_files

@@ -38,12 +38,13 @@ def parse_sigmas(text: str | None, method: str) -> list[float]:
                    f"secmi: {DEFAULT_SIGMAS['secmi'][0]:.3f} = DDPM t 100).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the loss noise.")
 @click.option("--batch", type=int, default=256, show_default=True)
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Resamples of the AUC's 95 % CI (0: none).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled (.bin) diffusers weights; only for files you trust.")
 @click.option("--out", "out_dir", default=None, help="Folder for scores.npz, roc.png, summary.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def membership_cmd(model_path, train_path, heldout_path, method, sigma, seed, batch, device, allow_pickle, out_dir,
-                   as_json):
+def membership_cmd(model_path, train_path, heldout_path, method, sigma, seed, batch, bootstrap, device, allow_pickle,
+                   out_dir, as_json):
     """Membership inference: AUC and TPR at 1 % FPR of telling --train from --heldout images by the
     model's per-image denoising loss (or SecMI t-error); lower = more likely a training image."""
     from diffmem.denoisers.adapters import load_denoiser
@@ -51,13 +52,15 @@ def membership_cmd(model_path, train_path, heldout_path, method, sigma, seed, ba
     sigmas = parse_sigmas(sigma, method)
     seed = check_seed(seed)
     batch = check_number("batch", batch, lo=1, integer=True)
+    bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=100_000, integer=True)
     if out_dir is not None:
         prepare_output(out_dir, kind="folder", names=OUTPUTS, create=False)
     device = resolve_device(device)
     train = load_image_set(train_path, what="train")
     heldout = load_image_set(heldout_path, what="heldout")
     D = load_denoiser(model_path, device=device, allow_pickle=allow_pickle)
-    result = membership(D, train, heldout, sigmas=sigmas, method=method, seed=seed, batch=batch, device=device)
+    result = membership(D, train, heldout, sigmas=sigmas, method=method, seed=seed, batch=batch, device=device,
+                        bootstrap=bootstrap)
     summary = {"model": str(model_path), "train": str(train_path), "heldout": str(heldout_path), "seed": seed,
                **result.summary()}
     if out_dir is not None:

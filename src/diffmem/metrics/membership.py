@@ -33,10 +33,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from diffmem.errors import InputError, check_number
 from diffmem.losses import as_model_images, per_image_loss
+from diffmem.rng import BOOTSTRAP, check_seed, numpy_rng
 
 METHODS = ("loss", "secmi")
 _DDPM_ALPHA_BAR = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))  # DDPM's linear schedule, T = 1000
@@ -75,11 +77,13 @@ class MembershipResult:
     fpr: np.ndarray
     tpr: np.ndarray
     auc_per_sigma: list = field(default_factory=list)
+    auc_ci95: tuple | None = None
 
     def summary(self) -> dict:
         """A JSON-ready dict."""
         return {"method": self.method, "sigmas": [float(s) for s in self.sigmas], "auc": self.auc,
                 "tpr_at_1pct_fpr": self.tpr_at_1fpr, "auc_per_sigma": self.auc_per_sigma,
+                "auc_ci95": None if self.auc_ci95 is None else [float(v) for v in self.auc_ci95],
                 "n_train": int(len(self.train_scores)), "n_heldout": int(len(self.heldout_scores)),
                 "mean_stat_train": [float(v) for v in self.train_stats.mean(0)],
                 "mean_stat_heldout": [float(v) for v in self.heldout_stats.mean(0)]}
@@ -89,7 +93,8 @@ class MembershipResult:
         what = "denoising loss" if self.method == "loss" else "SecMI t-error"
         verdict = ("members are recognised" if self.auc >= 0.6 else
                    "members are barely distinguishable" if self.auc > 0.52 else "no membership signal")
-        return (f"membership AUC = {self.auc:.3f}, TPR at 1 % FPR = {self.tpr_at_1fpr:.3f} from the per-image "
+        ci = "" if self.auc_ci95 is None else f" (95 % CI {self.auc_ci95[0]:.3f}-{self.auc_ci95[1]:.3f})"
+        return (f"membership AUC = {self.auc:.3f}{ci}, TPR at 1 % FPR = {self.tpr_at_1fpr:.3f} from the per-image "
                 f"{what} ({len(self.train_scores)} training vs {len(self.heldout_scores)} held-out images; 0.5 = "
                 f"chance): {verdict}")
 
@@ -98,6 +103,21 @@ def auc_score(member_scores, nonmember_scores) -> float:
     """P(member score < non-member score) + ½·P(equal): the Mann–Whitney AUC, lower = member."""
     y = np.r_[np.ones(len(member_scores)), np.zeros(len(nonmember_scores))]
     return float(roc_auc_score(y, -np.r_[member_scores, nonmember_scores]))
+
+
+def bootstrap_auc(member_scores, nonmember_scores, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95 % interval of :func:`auc_score`: each resample draws the members and
+    the non-members with replacement, separately (stream ``(seed, BOOTSTRAP, 1)`` of diffmem.rng)."""
+    resamples = check_number("bootstrap", resamples, lo=1, hi=100_000, integer=True)
+    rng = numpy_rng(check_seed(seed), BOOTSTRAP, 1)
+    a, b = np.asarray(member_scores, dtype=np.float64), np.asarray(nonmember_scores, dtype=np.float64)
+    aucs = np.empty(resamples)
+    for r in range(resamples):
+        ra, rb = a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]
+        ranks = rankdata(np.r_[rb, ra])  # Mann–Whitney: U of the non-members = rank sum - m(m+1)/2
+        aucs[r] = (ranks[: len(rb)].sum() - len(rb) * (len(rb) + 1) / 2) / (len(ra) * len(rb))
+    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def roc(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
@@ -164,13 +184,15 @@ def _stats(D, images, sigmas, method, seed, batch, device) -> np.ndarray:
 
 
 def membership(D, train, heldout, *, sigmas=None, method: str = "loss", seed: int = 0, batch: int = 256,
-               device="cpu") -> MembershipResult:
+               device="cpu", bootstrap: int = 1000) -> MembershipResult:
     """Membership attack on denoiser ``D`` with its training images ``train`` (members) against
     ``heldout`` images of the same distribution (non-members); ImageSets (labels used when D is
     conditional), uint8 pixels or model-space floats, (N, C, H, W). ``sigmas``: noise levels
-    (default ``DEFAULT_SIGMAS[method]``). Returns a :class:`MembershipResult`."""
+    (default ``DEFAULT_SIGMAS[method]``). ``bootstrap``: resamples of the AUC's 95 % interval (0: none).
+    Returns a :class:`MembershipResult`."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r} (use one of {', '.join(METHODS)})", param="method")
+    bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=100_000, integer=True)
     sig = np.atleast_1d(np.asarray(DEFAULT_SIGMAS[method] if sigmas is None else sigmas, dtype=np.float64))
     if sig.ndim != 1 or len(sig) == 0 or not (np.isfinite(sig).all() and (sig > 0).all()):
         raise InputError(f"must be one or more finite positive noise levels, got {sigmas!r}", param="sigmas")
@@ -183,9 +205,10 @@ def membership(D, train, heldout, *, sigmas=None, method: str = "loss", seed: in
     sc_train = np.log(st_train + FLOOR).mean(1)
     sc_held = np.log(st_held + FLOOR).mean(1)
     fpr, tpr = roc(sc_train, sc_held)
+    ci = bootstrap_auc(sc_train, sc_held, bootstrap, seed) if bootstrap else None
     return MembershipResult(method, sig, st_train, st_held, sc_train, sc_held, auc_score(sc_train, sc_held),
                             tpr_at_fpr(fpr, tpr, 0.01), fpr, tpr,
-                            [auc_score(st_train[:, j], st_held[:, j]) for j in range(len(sig))])
+                            [auc_score(st_train[:, j], st_held[:, j]) for j in range(len(sig))], ci)
 
 
 def roc_figure(result: MembershipResult) -> Figure:
