@@ -18,6 +18,15 @@ from diffmem.errors import InputError
 from diffmem.rf_study import RFSettings, eval_steps, fit_onsets, gd_step, onset_time, simulate, stability
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one torch thread (two threads on a busy 2-core machine are ~50x slower here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _tiny(d=3, p=5, n=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
     model = RandomFeatureScore(d, p, generator=gen)
@@ -185,7 +194,7 @@ def test_cli_end_to_end_and_refuses_to_overwrite(tmp_path, run_cli):
     spec = tmp_path / "rf.toml"
     spec.write_text(SPEC)
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(["random-features", spec, "--out", out])
+    code, stdout, stderr = run_cli(["random-features", spec, "--out", out, "--threads", "1"])
     assert code == 0, stderr
     record = json.loads((out / "results.json").read_text())
     assert record["name"] == "tiny-rf" and len(record["cells"]) == 3
