@@ -211,3 +211,12 @@ def test_load_denoiser_opens_a_diffmem_run_folder_and_snapshot(tmp_path, run_cli
     snapshot = load_run(tmp_path / "run").snapshot
     for path in (tmp_path / "run", snapshot):
         torch.testing.assert_close(load_denoiser(path)(x, sigma), expected, rtol=0, atol=0)
+
+
+def test_table_ends_with_infinite_or_zero_sigma_keep_their_timesteps(eps_folder):
+    """ᾱ = 1 (σ = 0) and a zero-SNR ᾱ = 0 (σ = ∞) are dropped; the others keep their own t."""
+    unet = eps_folder[1]
+    D = DiffusersDenoiser(unet, np.array([1.0, 0.9, 0.5, 0.1, 0.0]), "epsilon", timestep="nearest")
+    assert (D.sigma_min, D.sigma_max) == pytest.approx((np.sqrt(0.1 / 0.9), 3.0))
+    x, sigma = torch.randn(1, 1, 8, 8), torch.tensor([1.0])  # σ = 1 ⇔ ᾱ = 0.5, t = 2
+    torch.testing.assert_close(D(x, sigma), x - _direct(unet, x / np.sqrt(2), [2]), rtol=1e-5, atol=1e-5)

@@ -78,7 +78,8 @@ class DiffusersDenoiser:
         if timestep not in TIMESTEP_MODES:
             raise InputError(f"unknown timestep mode {timestep!r}", param="timestep")
         table = sigma_table(alphas_cumprod)
-        table = table[np.isfinite(table) & (table > 0)]  # a zero-SNR last step (ᾱ = 0) has σ = ∞
+        keep = np.isfinite(table) & (table > 0)  # a zero-SNR last step (ᾱ = 0) has σ = ∞; ᾱ = 1 has σ = 0
+        table, self.timesteps = table[keep], np.flatnonzero(keep).astype(np.float64)
         if len(table) < 2 or not np.all(np.diff(table) > 0):
             raise InputError("the scheduler's ᾱ_t must fall strictly from t = 0 on", param="model")
         self.unet, self.table = unet.eval().requires_grad_(False), table
@@ -99,13 +100,14 @@ class DiffusersDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma, labels=None) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(len(x)).cpu()
-        t = torch.from_numpy(timestep_for_sigma(sigma.numpy(), self.table, self.timestep))
+        index = timestep_for_sigma(sigma.numpy(), self.table, self.timestep)  # into the kept entries
+        t = torch.from_numpy(np.interp(index, np.arange(len(self.timesteps)), self.timesteps))
         dtype, dev = self.unet.dtype, self.device
         s = sigma.to(x.device, x.dtype).reshape(-1, 1, 1, 1)
         x_t = x / (1 + s**2).sqrt()  # x_t = √ᾱ·x with ᾱ = 1/(1+σ²)
         cls = labels.to(dev).long() if (self.num_classes and labels is not None) else None
         with torch.no_grad():
-            out = self.unet(x_t.to(dev, dtype), t.to(dev, dtype), class_labels=cls).sample
+            out = self.unet(x_t.to(dev, dtype), t.to(dev, torch.float32), class_labels=cls).sample
         out = out[:, : x.shape[1]].to(x.device, x.dtype)  # a learned-variance head doubles the channels
         if self.prediction_type == "epsilon":
             return x - s * out  # D = x - σ·ε̂
