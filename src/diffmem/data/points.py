@@ -118,6 +118,15 @@ def make_points(source: str, n: int, dim: int | None = None, seed: int = 0) -> P
     return PointCloud(points, labels, source=f"{source}[size={n},dim={dim or 2},seed={seed}]")
 
 
+def is_points_file(path) -> bool:
+    """Whether ``path`` is an ``.npz`` holding ``points`` (False for anything unreadable: the image
+    readers then report the problem with the path)."""
+    try:
+        return str(path).lower().endswith(".npz") and Path(path).is_file() and has_points(Path(path))
+    except OSError:
+        return False
+
+
 def has_points(path: Path) -> bool:
     """Whether the ``.npz`` at ``path`` holds a ``points`` array (False when it cannot be read)."""
     try:
@@ -130,7 +139,7 @@ def has_points(path: Path) -> bool:
 def load_data(path, *, what: str = "train", split: str = "train") -> ImageSet | PointCloud:
     """A training or generated set from disk: a point cloud for an ``.npz`` holding ``points``,
     else an image set (:func:`~diffmem.data.io.load_image_set`, with the same ``what`` and ``split``)."""
-    if str(path).lower().endswith(".npz") and Path(path).is_file() and has_points(Path(path)):
+    if is_points_file(path):
         return read_points(path, param=param_name(what))
     return load_image_set(path, what=what, split=split)
 

@@ -20,8 +20,8 @@ import numpy as np
 from diffmem.data.imageset import ImageSet
 from diffmem.data.sources import load_source
 from diffmem.data.labels import DATA_FORMS, assign_labels, parse_labels
-from diffmem.data.points import (MAX_DIM, POINT_SOURCES, PointCloud, check_point_source, has_points,
-                                 is_point_source, make_points, read_points, take_points)
+from diffmem.data.points import (MAX_DIM, POINT_SOURCES, PointCloud, check_point_source, is_point_source,
+                                 is_points_file, make_points, read_points, take_points)
 from diffmem.data.subsets import class_balanced_indices, class_balanced_subset, resize, select_classes, take
 from diffmem.errors import InputError, check_number
 from diffmem.rng import check_seed
@@ -92,8 +92,7 @@ def make_dataset(spec: DataSpec) -> ImageSet | PointCloud:
     """The training set ``spec`` describes (its ``source`` names the recipe, e.g. ``digits[size=64]``);
     a :class:`~diffmem.data.points.PointCloud` for a point source (:func:`make_points`) or a
     points ``.npz``."""
-    if is_point_source(spec.source) or (spec.source.lower().endswith(".npz") and Path(spec.source).is_file()
-                                        and has_points(Path(spec.source))):
+    if is_point_source(spec.source) or is_points_file(spec.source):
         return _points(spec)
     data = load_source(spec.source, split=spec.split, root=spec.root)
     data = _subset(data, spec.size, spec.classes)
