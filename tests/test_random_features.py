@@ -157,6 +157,13 @@ def test_simulation_curves():
     out = simulate(cell, s)
     assert out["n"] == 12 and out["p"] == 48 and out["step"][0] == 0 and out["step"][-1] == 60
     assert out["gap"][0] == 0.0  # common evaluation noise: identical losses at A = 0
+    from diffmem.rf_study import _draw
+
+    _, _, x_test, noise, _ = _draw(cell, s)  # at A = 0: loss = ‖E‖²/(d·m·n), score error = ‖x_t‖²/(d·m·n)
+    a, delta = diffusion_coefficients(s.t)
+    x_t = a * x_test + math.sqrt(delta) * noise
+    assert out["test_loss"][0] == pytest.approx(float((noise ** 2).sum()) / noise.numel(), rel=1e-12)
+    assert out["score_error"][0] == pytest.approx(float((x_t ** 2).sum()) / x_t.numel(), rel=1e-12)
     assert out["train_loss"][-1] < out["train_loss"][0]
     assert out["score_error"][-1] < out["score_error"][0]
     again = simulate(cell, s)
