@@ -35,14 +35,14 @@ The spec (TOML)::
     [rf]
     d = 100
     t = 0.3
-    psi_n = [2, 4, 8, 16]      # n = round(ψ_n·d)
-    psi_p = [64]               # p = round(ψ_p·d)
-    dt = 3.0                   # time step in τ
-    time = 3000.0              # horizon in τ
-    eval_points = 40           # log-spaced evaluation steps
-    eval_draws = 4             # evaluation noise draws per training point (test set m·n)
+    psi_n = [2, 3, 4, 6, 8]    # n = round(ψ_n·d)
+    psi_p = [16, 32]           # p = round(ψ_p·d)
+    dt = 2.5                   # time step in τ (refused if dt·Δ_t·λ_max(U)/ψ_p ≥ 1.5)
+    time = 2000.0              # horizon in τ
+    eval_points = 30           # log-spaced evaluation steps
+    eval_draws = 2             # evaluation noise draws per training point (test set m·n)
     seeds = [0]
-    onset_threshold = 0.05     # gap threshold, in units of a_t²
+    onset_threshold = 0.1      # the gap's excess at onset, in units of a_t²
     baseline_factor = 4.0      # the gap's excess is counted from 4·τ_min (0: from τ = 0)
     dtype = "float64"          # or float32
 """
@@ -71,14 +71,14 @@ class RFSettings:
 
     d: int = 100
     t: float = 0.3
-    psi_n: tuple = (2.0, 4.0, 8.0, 16.0)
-    psi_p: tuple = (64.0,)
-    dt: float = 1.0
-    time: float = 1000.0
-    eval_points: int = 40
-    eval_draws: int = 4
+    psi_n: tuple = (2.0, 3.0, 4.0, 6.0, 8.0)
+    psi_p: tuple = (16.0, 32.0)
+    dt: float = 2.5
+    time: float = 2000.0
+    eval_points: int = 30
+    eval_draws: int = 2
     seeds: tuple = (0,)
-    onset_threshold: float = 0.05
+    onset_threshold: float = 0.1
     baseline_factor: float = 4.0
     dtype: str = "float64"  # float64 | float32 (about twice as fast; gaps of 1e-3 stay clean)
 
@@ -223,7 +223,7 @@ def simulate(cell: dict, settings: RFSettings) -> dict:
     """Train one cell; returns the curves (lists over the evaluation grid): ``tau``, ``step``,
     ``train_loss``, ``test_loss``, ``gap``, ``score_error``, plus the cell's onset ``tau_onset``."""
     model, x_train, x_test, noise, gen = _draw(cell, settings)
-    d, t = cell["d"], settings.t
+    t = settings.t
     grid = eval_steps(settings.steps, settings.eval_points)
     curves = {k: [] for k in ("step", "tau", "train_loss", "test_loss", "gap", "score_error")}
     targets = set(grid)
