@@ -7,8 +7,8 @@ distance of :mod:`diffmem.metrics.quality` compares two sets there. The spec str
 =================  ================================================================================
 ``classifier``     the default: a small CNN diffmem trains once per built-in source and resolution
                    (digits, mnist, fashion-mnist), cached as safetensors under :func:`cache_dir`;
-                   its penultimate layer (128 units after global average pooling and one dense
-                   layer, the analogue of Inception's pool3) is the feature. Its held-out test
+                   its penultimate layer (128 units: global average pooling of the conv stack,
+                   then one dense layer; the analogue of Inception's pool3) is the feature. Its held-out test
                    accuracy is recorded in a JSON file beside the weights.
 ``pixels``         the images themselves, flattened, in model space ``[-1, 1]`` (k = C·H·W).
 ``pca:K``          the first K principal components of a ``reference`` set (model space, centred on
@@ -42,8 +42,7 @@ __all__ = ["FeatureExtractor", "load_features", "parse_features", "cache_dir", "
            "train_classifier", "CLASSIFIER_SOURCES", "CLASSIFIER_VERSION"]
 
 CLASSIFIER_SOURCES = ("digits", "mnist", "fashion-mnist")
-CLASSIFIER_VERSION = 1  # bump when the network or its training changes: old cache files are then ignored
-_WIDTHS = (16, 32, 64)  # conv channels; the feature layer has 128 units
+CLASSIFIER_VERSION = 2  # bump when the network or its training changes: old cache files are then ignored
 _FEATURE_DIM = 128
 
 
@@ -186,17 +185,20 @@ def _last_line(err: Exception) -> str:
 
 
 class SmallCNN(nn.Module):
-    """Three 3x3 conv layers (stride 1, 2, 2) with ReLU, global average pooling, a dense layer of
-    128 units (the features) and a linear classifier. Input (B, C, R, R) in [-1, 1]."""
+    """A 3x3 conv (16 channels), then stride-2 3x3 convs (32, 64, 64, ... channels) until the map is
+    at most 2x2 (at least two of them: 8 px -> 4 -> 2, 28 px -> 14 -> 7 -> 4 -> 2), each with ReLU;
+    global average pooling, a dense layer of 128 units (the features) and a linear classifier.
+    Input (B, C, R, R) in [-1, 1]."""
 
-    def __init__(self, channels: int, num_classes: int):
+    def __init__(self, channels: int, num_classes: int, resolution: int = 8):
         super().__init__()
-        a, b, c = _WIDTHS
-        self.convs = nn.Sequential(
-            nn.Conv2d(channels, a, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(a, b, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(b, c, 3, stride=2, padding=1), nn.ReLU())
-        self.dense = nn.Linear(c, _FEATURE_DIM)
+        layers, width, size = [nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU()], 16, resolution
+        while size > 2 or len(layers) < 6:
+            out, size = min(2 * width, 64), (size + 1) // 2
+            layers += [nn.Conv2d(width, out, 3, stride=2, padding=1), nn.ReLU()]
+            width = out
+        self.convs = nn.Sequential(*layers)
+        self.dense = nn.Linear(width, _FEATURE_DIM)
         self.head = nn.Linear(_FEATURE_DIM, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +243,7 @@ def train_classifier(source: str, resolution: int | None = None, *, epochs: int 
     epochs = epochs or _EPOCHS.get(source, 5)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = SmallCNN(train.shape[0], int(train.labels.max()) + 1).to(device)
+    net = SmallCNN(train.shape[0], int(train.labels.max()) + 1, train.shape[1]).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     x, y = torch.from_numpy(train.to_model()), torch.from_numpy(train.labels)
     start = time.perf_counter()
@@ -276,7 +278,7 @@ def _cached_classifier(source: str, shape, device) -> tuple[SmallCNN, dict]:
     if path.is_file() and record_path.is_file():
         try:
             record = json.loads(record_path.read_text())
-            net = SmallCNN(shape[0], record["num_classes"])
+            net = SmallCNN(shape[0], record["num_classes"], shape[1])
             net.load_state_dict(load_file(str(path)))
         except Exception as err:  # noqa: BLE001 (a damaged cache file)
             raise InputError(f"{path}: a damaged classifier cache file ({type(err).__name__}: {_last_line(err)}); "
