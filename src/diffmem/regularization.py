@@ -197,7 +197,8 @@ def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None) -
 
 
 def save_strength_curves(path: Path, rows: list[dict], kind: str, settings: RegularizationSettings) -> Path:
-    """Both shares against c (symlog axis) or ln τ, one pair of lines per cell."""
+    """Both shares against c (symlog axis) or ln τ, one pair of lines per cell (for τ also the
+    share never denoised)."""
     series = {}
     for cell in dict.fromkeys(r["cell"] for r in rows if r["kind"] == kind):
         mine = [r for r in rows if r["kind"] == kind and r["cell"] == cell]
@@ -205,6 +206,8 @@ def save_strength_curves(path: Path, rows: list[dict], kind: str, settings: Regu
         prefix = "" if cell == "base" else f"{cell}: "
         series[f"{prefix}within {settings.tolerance:g}"] = (x, [r["fraction_within"] for r in mine])
         series[f"{prefix}ratio < {settings.threshold:.3g}"] = (x, [r["memorization_ratio"] for r in mine])
+        if kind == "eb":  # what a strong floor leaves behind: samples never denoised
+            series[f"{prefix}never denoised"] = (x, [r["fraction_beyond_diameter"] for r in mine])
     xlabel = "Tikhonov c" if kind == "tikhonov" else "ln τ (EB floor)"
     return save_curves(path, series, xlabel=xlabel, ylabel="memorized fraction", logx=kind == "tikhonov",
                        title=f"regularized optimum: {kind}")
