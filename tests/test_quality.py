@@ -217,3 +217,13 @@ def test_cli_quality_loss_gap_of_a_trained_run(tmp_path, run_cli):
     expected = loss_gap(load_run(tmp_path / "run").denoiser, train, held)
     assert loss["sigmas"] == expected["sigmas"]
     assert loss["gap"] == pytest.approx(expected["gap"]) and loss["train_loss"] == pytest.approx(expected["train_loss"])
+
+
+def test_heldout_falls_back_to_the_test_split_when_training_takes_the_whole_split():
+    pytest.importorskip("pureml")
+    from diffmem.data import load_source
+
+    held = heldout_set(DataSpec(source="mnist", classes=1), 30)  # training: every 0 of the train split
+    test = load_source("mnist", split="test")
+    np.testing.assert_array_equal(held.images, test.images[test.labels == 0][:30])
+    assert "the test split" in held.source and set(held.labels) == {0}

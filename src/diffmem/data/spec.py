@@ -193,4 +193,4 @@ def heldout_set(spec: DataSpec, num: int | None = None) -> ImageSet:
         pool = resize(pool, spec.resolution)
     labels = assign_labels(pool.labels, spec.label_mode(pool.labels is not None), spec.seed, n=len(pool))
     name = spec.source if not Path(spec.source).exists() else str(Path(spec.source).resolve())
-    return ImageSet(pool.images, labels, source=f"{name}[heldout of size={spec.size},split={spec.split}]")
+    return ImageSet(pool.images, labels, source=f"{name}[heldout: {where}, not in size={spec.size}]")
