@@ -13,6 +13,16 @@ The gate: with ``fail_above = R``, the audit *fails* when the flagged fraction o
 criterion (default ``pixel``: Yoon et al.'s ``d1/d2 < 1/3`` in pixel space) is above ``R``;
 ``passed`` is then False and the command line exits with status 1. Without ``fail_above`` it passes.
 
+Memory: the training set is never loaded whole. A path is opened by
+:func:`diffmem.data.stream.open_streamed` (``.npy`` memory-mapped; ``.npz``, EDM ``.zip`` and PNG
+folders decoded chunk by chunk into a memory-mapped cache file under ``out``, deleted afterwards);
+the exact searches read it block by block within ``memory_limit``; feature embeddings of the
+training set are computed chunk by chunk (and memory-mapped when large). Two exceptions: C_T fits
+k-means on the whole training set, so it is skipped (and says so) when the set as float64 exceeds
+``memory_limit``; and the exact search's rare full-scan fallback
+(:mod:`diffmem.metrics.neighbors`) works in blocks of up to 256 MiB whatever the limit.
+Membership inference scores a seeded subset of min(N, H, 2000) training images.
+
 Outputs under ``out`` (a new or empty folder; nothing is overwritten): ``audit.json`` (the summary),
 ``per_sample.csv`` and ``per_sample.npz`` (one row per generated sample: nearest training images,
 distances per criterion, flags), ``samples.npz`` when a model was sampled, and ``report/index.html``
