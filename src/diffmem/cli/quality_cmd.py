@@ -10,7 +10,7 @@ import click
 from diffmem.cli.options import resolve_device
 from diffmem.data.io import load_image_set
 from diffmem.errors import InputError
-from diffmem.metrics.features import parse_features
+from diffmem.metrics.features import CLASSIFIER_SOURCES, classifier_path, parse_features
 from diffmem.metrics.quality import loss_gap, sample_quality
 
 
@@ -36,6 +36,11 @@ def quality_cmd(generated_path, heldout_path, features, source, network, train_p
     device = resolve_device(device)
     generated = load_image_set(generated_path, what="generated")
     heldout = load_image_set(heldout_path, what="heldout")
+    if features == "classifier" and source in CLASSIFIER_SOURCES:
+        cached = classifier_path(source, heldout.shape)
+        if not cached.is_file():
+            click.echo(f"training the {source} classifier for {'x'.join(map(str, heldout.shape))} images once "
+                       f"(cached as {cached})", err=True)
     summary = {"generated": str(generated_path), "heldout": str(heldout_path),
                **sample_quality(generated, heldout, features, source=source, device=device,
                                 progress=sys.stderr.isatty())}
