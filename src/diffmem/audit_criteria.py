@@ -123,8 +123,8 @@ def pixel(ctx: AuditInputs) -> Criterion:
 def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
     """(train (N, k), generated (M, k)) float32 embeddings in ``ctx.features``, and its name; the
     training set is embedded chunk by chunk (into a memory-mapped file when (N, k) would take more
-    than a quarter of the memory limit). Extractor failures and malformed outputs raise InputError
-    naming ``features``."""
+    than a quarter of the memory limit). ``pca:K`` is fitted on the first min(N, 10 000, one chunk)
+    training images. Extractor failures and malformed outputs raise InputError naming ``features``."""
     if "train" in ctx._found:
         return ctx._found["train"], ctx._found["gen"], ctx._found["name"]
     from diffmem.metrics.features import load_features
