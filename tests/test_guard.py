@@ -15,6 +15,17 @@ from diffmem.runs import list_snapshots, load_state, read_jsonl
 RATIOS = [0.0, 0.05, 0.3, 0.9, 1.0]  # what the fake tracker reports at epochs 10, 20, 30, 40, 50
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: two spin against each other on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def scripted_tracking(monkeypatch):
     """The tracker reports RATIOS in turn (the guard's logic, not the sampler, is under test)."""

@@ -15,6 +15,17 @@ from diffmem.timescales import (TimescaleSettings, analyze, first_crossing, fit_
 from conftest import one_line
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: two spin against each other on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_first_crossing_interpolates_in_log_time():
     # v rises 0 -> 0.5 between t = 1 and t = 10: level 0.25 is half way in log t, i.e. at sqrt(10).
     assert first_crossing([1, 10, 100], [0.0, 0.5, 1.0], 0.25) == pytest.approx(math.sqrt(10), rel=1e-12)
@@ -157,7 +168,7 @@ def test_tiny_spec_end_to_end_and_resumable(tmp_path, run_cli, monkeypatch):
     spec = tmp_path / "s.toml"
     spec.write_text(SPEC.format(sizes="[4, 8]", batch=4, extra=""))
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(["timescales", spec, "--out", out])
+    code, stdout, stderr = run_cli(["timescales", spec, "--out", out, "--threads", "1"])
     assert code == 0, stderr
     assert "n =      4" in stdout and "results in" in stdout
     result = json.loads((out / "results.json").read_text())
@@ -172,6 +183,6 @@ def test_tiny_spec_end_to_end_and_resumable(tmp_path, run_cli, monkeypatch):
     import diffmem.timescales as ts
 
     monkeypatch.setattr(ts, "measure_snapshot", lambda *a, **k: pytest.fail("re-measured a finished snapshot"))
-    code, stdout2, stderr = run_cli(["timescales", spec, "--out", out])
+    code, stdout2, stderr = run_cli(["timescales", spec, "--out", out, "--threads", "1"])
     assert code == 0, stderr
     assert json.loads((out / "results.json").read_text())["rows"] == result["rows"]
