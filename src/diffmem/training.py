@@ -38,7 +38,6 @@ from diffmem.atomic import prepare_output, remove_stale_temporaries
 from diffmem.config import TrainConfig, plan_run
 from diffmem.data.imageset import ImageSet
 from diffmem.data.points import PointCloud
-from diffmem.data.points import PointCloud
 from diffmem.denoisers.build import build_denoiser, precond_options
 from diffmem.denoisers.dropout import global_batch_dropout
 from diffmem.denoisers.networks import count_parameters
