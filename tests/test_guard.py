@@ -157,3 +157,22 @@ def test_select_bad_input(tiny_run, tmp_path, run_cli):
     empty = tmp_path / "empty"
     empty.mkdir()
     one_line(*run_cli(["select", empty, "--max-memorization", "0.1"]), "empty")
+
+
+def test_select_with_explicit_sets(tiny_run, tmp_path, run_cli):
+    """A run without data.json (trained from a file) needs --train and --heldout; with them it answers."""
+    import shutil
+
+    from diffmem.data import save_npz
+    from diffmem.data.spec import DataSpec, heldout_set, make_dataset
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("data.json", "timescales.json"))
+    spec = DataSpec(source="digits", size=4, labels="none")
+    save_npz(tmp_path / "train.npz", make_dataset(spec).images)
+    save_npz(tmp_path / "held.npz", heldout_set(spec, 20).images)
+    flags = ["--max-memorization", "1", "--features", "pixels", "--samples", "12"]
+    one_line(*run_cli(["select", run, *flags]), "--train")
+    one_line(*run_cli(["select", run, *flags, "--train", tmp_path / "train.npz"]), "--heldout")
+    code, out, err = run_cli(["select", run, *flags, "--train", tmp_path / "train.npz", "--heldout", tmp_path / "held.npz"])
+    assert code == 0 and out.startswith(f"use {run}/snapshot-epoch"), (code, out, err)
