@@ -82,6 +82,11 @@ def test_train_cli_guard(tmp_path, digits64_zip, run_cli, scripted_tracking):
                               "--channels", "8", "--precond", "edm", "--epochs", "0.75", "--batch", "4",
                               "--track-every", "0", "--device", "cpu"])
     assert code == 0, err
+    code, out, err = run_cli(["train", "--data", digits64_zip, "--out", tmp_path / "s", "--preset", "tiny",
+                              "--channels", "8", "--precond", "edm", "--epochs", "5", "--batch", "32",
+                              "--track-every", "1", "--guard", "0.2", "--device", "cpu"])
+    assert code == 0 and out.startswith("stopped by the guard at epoch 3 (step 6): memorization ratio 0.300 > 0.2")
+    assert [e for e, _ in list_snapshots(tmp_path / "s")] == [1, 2, 3]
     one_line(*run_cli(["train", "--data", digits64_zip, "--out", tmp_path / "g", "--epochs", "1", "--guard", "1.5",
                        "--track-every", "1"]), "--guard")
     one_line(*run_cli(["train", "--data", digits64_zip, "--out", tmp_path / "g", "--epochs", "1", "--guard", "0.5"]),
