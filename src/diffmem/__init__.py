@@ -65,6 +65,15 @@ _EXPORTS = {
     "save_points": "diffmem.data.points", "proximity": "diffmem.metrics.proximity",
     "ProximityResult": "diffmem.metrics.proximity", "run_regularization": "diffmem.regularization",
     "RegularizationSettings": "diffmem.regularization",
+    # the random-features model of seed 003
+    "RandomFeatureScore": "diffmem.denoisers.random_features", "dsm_loss": "diffmem.denoisers.random_features",
+    "RFSettings": "diffmem.rf_study", "parse_rf_spec": "diffmem.rf_study", "run_rf_study": "diffmem.rf_study",
+    "onset_time": "diffmem.rf_study",
+    # sample quality (FD in an offline feature space, held-out loss gap)
+    "load_features": "diffmem.metrics.features", "parse_features": "diffmem.metrics.features",
+    "FeatureExtractor": "diffmem.metrics.features", "frechet_distance": "diffmem.metrics.quality",
+    "gaussian_frechet": "diffmem.metrics.quality", "sample_quality": "diffmem.metrics.quality",
+    "loss_gap": "diffmem.metrics.quality", "heldout_set": "diffmem.data.spec",
     # audit
     "audit": "diffmem.audit", "AuditResult": "diffmem.audit", "open_streamed": "diffmem.data.stream",
     "StreamedSet": "diffmem.data.stream",
@@ -72,18 +81,6 @@ _EXPORTS = {
     "run_timescales": "diffmem.timescales", "TimescaleSettings": "diffmem.timescales", "tau_gen": "diffmem.timescales",
     "tau_mem": "diffmem.timescales", "fit_proportional": "diffmem.timescales", "select_snapshot": "diffmem.guard",
     "Selection": "diffmem.guard",
-    # the random-features model of seed 003
-    "RandomFeatureScore": "diffmem.denoisers.random_features", "dsm_loss": "diffmem.denoisers.random_features",
-    "RFSettings": "diffmem.rf_study", "parse_rf_spec": "diffmem.rf_study", "run_rf_study": "diffmem.rf_study",
-    "onset_time": "diffmem.rf_study",
-    # audit
-    "audit": "diffmem.audit", "AuditResult": "diffmem.audit", "open_streamed": "diffmem.data.stream",
-    "StreamedSet": "diffmem.data.stream",
-    # sample quality (FD in an offline feature space, held-out loss gap)
-    "load_features": "diffmem.metrics.features", "parse_features": "diffmem.metrics.features",
-    "FeatureExtractor": "diffmem.metrics.features", "frechet_distance": "diffmem.metrics.quality",
-    "gaussian_frechet": "diffmem.metrics.quality", "sample_quality": "diffmem.metrics.quality",
-    "loss_gap": "diffmem.metrics.quality", "heldout_set": "diffmem.data.spec",
     # the two-split test (Kadkhodaie et al. 2024)
     "run_twosplit": "diffmem.twosplit", "plan_from_spec": "diffmem.twosplit", "TwoSplitSettings": "diffmem.twosplit",
     "split_order": "diffmem.twosplit", "pair_measures": "diffmem.twosplit",
