@@ -22,6 +22,18 @@ def run_cli(capsys):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for tiny models and matrices: two threads spin against each other on a busy
+    2-core machine (tens of times slower here). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -19,13 +19,7 @@ from tests.conftest import one_line
 diffusers = pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread (two threads spin against each other on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # DDPMScheduler's default "linear" betas, recomputed here in float64: ᾱ_t = Π(1 - β_s),
 # σ_t = √((1-ᾱ_t)/ᾱ_t). diffusers keeps ᾱ in float32, which moves 1 - ᾱ near t = 0 by up to 1e-4.

@@ -15,15 +15,7 @@ from diffmem.runs import list_snapshots, load_state, read_jsonl
 RATIOS = [0.0, 0.05, 0.3, 0.9, 1.0]  # what the fake tracker reports at epochs 10, 20, 30, 40, 50
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: two spin against each other on a busy 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -181,3 +173,32 @@ def test_select_with_explicit_sets(tiny_run, tmp_path, run_cli):
     one_line(*run_cli(["select", run, *flags, "--train", tmp_path / "train.npz"]), "--heldout")
     code, out, err = run_cli(["select", run, *flags, "--train", tmp_path / "train.npz", "--heldout", tmp_path / "held.npz"])
     assert code == 0 and out.startswith(f"use {run}/snapshot-epoch"), (code, out, err)
+
+
+def test_select_classifier_needs_a_source(tiny_run, tmp_path, run_cli, monkeypatch):
+    """Without data.json the classifier's source is unknown: one line naming --features that points at
+    --source; with --source it reaches the measurement."""
+    import shutil
+
+    import diffmem.timescales
+    from diffmem.data import save_npz
+    from diffmem.data.spec import DataSpec, heldout_set, make_dataset
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("data.json", "timescales.json"))
+    spec = DataSpec(source="digits", size=4, labels="none")
+    save_npz(tmp_path / "train.npz", make_dataset(spec).images)
+    save_npz(tmp_path / "held.npz", heldout_set(spec, 20).images)
+    flags = ["--max-memorization", "1", "--train", tmp_path / "train.npz", "--heldout", tmp_path / "held.npz"]
+    code, out, err = run_cli(["select", run, *flags])
+    one_line(code, out, err, "--features")
+    assert "--source" in err
+    seen = {}
+
+    def fake_measure(run, train, heldout, settings, *, source, **kw):
+        seen["source"] = source
+        return [dict(epoch=1, step=1, f_mem=0.0, ci95=[0.0, 0.0], fd=1.0)]
+
+    monkeypatch.setattr(diffmem.timescales, "measure_run", fake_measure)
+    code, out, err = run_cli(["select", run, *flags, "--source", "digits"])
+    assert code == 0 and seen["source"] == "digits", (code, out, err)

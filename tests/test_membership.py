@@ -12,13 +12,7 @@ from diffmem.rng import MEMBERSHIP, derive_seed
 from tests.conftest import one_line
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread (two threads spin against each other on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_D(x, sigma, labels=None):

@@ -18,13 +18,7 @@ from diffmem.errors import InputError
 from diffmem.rf_study import RFSettings, eval_steps, fit_onsets, gd_step, onset_time, simulate, stability
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one torch thread (two threads on a busy 2-core machine are ~50x slower here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(d=3, p=5, n=4, seed=0):

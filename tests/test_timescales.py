@@ -15,15 +15,7 @@ from diffmem.timescales import (TimescaleSettings, analyze, first_crossing, fit_
 from conftest import one_line
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: two spin against each other on a busy 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_first_crossing_interpolates_in_log_time():

@@ -126,11 +126,13 @@ def answer_line(run: str, points: list[dict], best: dict | None, max_memorizatio
 
 def select_snapshot(run, max_memorization: float, *, heldout=None, train=None, features: str = "classifier",
                     samples: int = 200, num_heldout: int = 500, bootstrap: int = 1000, device: str = "cpu",
-                    log=None) -> Selection:
+                    source: str | None = None, log=None) -> Selection:
     """Measure every snapshot of ``run`` and choose the best-quality one with ``f_mem ≤
     max_memorization`` (:func:`choose`). The training set and held-out images come from the run's
     data recipe (``RUN/data.json``, as sweeps write it) unless ``train`` / ``heldout`` (ImageSets or
-    paths) are given. Measurements are cached in ``RUN/timescales.json``."""
+    paths) are given. ``source`` names the built-in source of the classifier features when there is no
+    data recipe (``digits``, ``mnist``, ``fashion-mnist``). Measurements are cached in
+    ``RUN/timescales.json``."""
     from diffmem.runs import list_snapshots, read_record
     from diffmem.timescales import TimescaleSettings, measure_run
 
@@ -144,10 +146,12 @@ def select_snapshot(run, max_memorization: float, *, heldout=None, train=None, f
         settings = TimescaleSettings(samples=samples, heldout=num_heldout, features=features, bootstrap=bootstrap)
     except InputError as err:
         raise InputError(err.detail, param={"heldout": "num_heldout"}.get(err.param, err.param)) from None
-    train_set, heldout_set_, source = _sets(Path(run), train, heldout, settings)
+    train_set, heldout_set_, recipe_source = _sets(Path(run), train, heldout, settings)
+    source = source or recipe_source
     if settings.features == "classifier" and source is None:
         raise InputError("the classifier features need the run's built-in source, which is unknown here; "
-                         "use pixels, pca:K or a TorchScript file", param="features")
+                         "give it (--source digits|mnist|fashion-mnist) or use pixels, pca:K or a TorchScript "
+                         "file", param="features")
     points = measure_run(run, train_set, heldout_set_, settings, source=source, device=device, log=log)
     best = choose(points, max_memorization)
     pick = best or {}
