@@ -102,10 +102,29 @@ def test_conditional_optimum_samples_the_requested_class():
     np.testing.assert_array_equal(train.labels[result.idx1], labels)
 
 
+@pytest.mark.parametrize("log_tau", [-800.0, -450.0, 1.0])
+def test_floor_given_by_its_logarithm(log_tau):
+    """log_eb takes ln τ, so floors below e^-745 (0.0 as a float64) stay usable: in 400 dimensions at
+    σ = 1, ln S ≈ -(d/2)·ln(2π) - ‖x - y‖²/2 is near -570, so ln τ = -450 damps every weight, -800 none."""
+    rng = np.random.default_rng(3)
+    y = rng.uniform(-1, 1, (12, 400))
+    x = y[:5] + rng.normal(0, 1.0, (5, 400))
+    sigma = np.full(5, 1.0)
+    out = OptimalDenoiser(y, regularize=("log_eb", log_tau))(torch.from_numpy(x), torch.from_numpy(sigma)).numpy()
+    d2 = ((x[:, None, :] - y[None]) ** 2).sum(-1)
+    ell = -d2 / 2 - 0.5 * 400 * np.log(2 * np.pi)
+    w = np.exp(ell - np.maximum(logsumexp(ell, axis=1), log_tau)[:, None])
+    np.testing.assert_allclose(out, x + (w[:, :, None] * (y[None] - x[:, None])).sum(1), atol=1e-9)
+    if log_tau > -700:  # representable: the same as the floor given directly
+        same = OptimalDenoiser(y, regularize=("eb", np.exp(log_tau)))(torch.from_numpy(x), torch.from_numpy(sigma))
+        np.testing.assert_allclose(out, same.numpy(), atol=1e-12)
+
+
 def test_parse_regularize_flag():
+    assert parse_regularize_flag("log_eb:-800") == ("log_eb", -800.0)
     assert parse_regularize_flag("tikhonov:0.01") == ("tikhonov", 0.01)
     assert parse_regularize_flag("eb:1e-5") == ("eb", 1e-5)
     assert parse_regularize_flag(None) is None
-    for bad in ["tikhonov", "foo:1", "eb:0", "tikhonov:-1", "eb:x"]:
+    for bad in ["tikhonov", "foo:1", "eb:0", "tikhonov:-1", "eb:x", "log_eb:inf", "log_eb:x"]:
         with pytest.raises(InputError, match="^regularize:"):
             parse_regularize_flag(bad)

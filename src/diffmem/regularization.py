@@ -129,20 +129,22 @@ def parse_settings(spec: Spec) -> RegularizationSettings:
 
 
 def measure_strength(train, kind: str, strength: float, settings: RegularizationSettings,
-                     device: str = "cpu") -> tuple[dict, np.ndarray]:
+                     device: str = "cpu", log_strength: float | None = None) -> tuple[dict, np.ndarray]:
     """Sample the optimum of ``train`` (PointCloud or ImageSet) regularized by ``(kind, strength)``
     and measure the samples. Returns the row (``kind``, ``strength``, ``log_strength`` and
     :meth:`~diffmem.metrics.proximity.ProximityResult.summary`) and the samples, float32 (num, ...)."""
     points = isinstance(train, PointCloud)
     y = train.to_model()
-    D = OptimalDenoiser(y, regularize=(kind, strength), device=device)
+    if log_strength is None or not math.isfinite(log_strength):
+        log_strength = math.log(strength) if strength > 0 else None
+    regularize = ("log_eb", log_strength) if kind == "eb" else (kind, strength)  # ln τ: no underflow
+    D = OptimalDenoiser(y, regularize=regularize, device=device)
     x = sample(D, settings.num, sampler=settings.sampler, steps=settings.steps, seed=settings.seed,
                device=device).numpy()
     if settings.quantize and not points:  # as saved PNGs: back to model space after rounding
         x = to_uint8(x).astype(np.float32) / 127.5 - 1.0
     near = proximity(y, x, tolerance=settings.tolerance, threshold=settings.threshold,
                      bootstrap=settings.bootstrap, seed=settings.seed, device=device)
-    log_strength = math.log(strength) if strength > 0 else None
     # Samples farther from every training sample than the set's diameter were never denoised
     # (a strong EB floor leaves them at the σ_max scale): neither copies nor new data.
     diameter = float(pdist(y.reshape(len(y), -1).astype(np.float64)).max())
@@ -164,8 +166,8 @@ def run_cell(cell: Cell, settings: RegularizationSettings, folder: Path, device:
                          f"use a new output folder or restore the spec")
     train = make_dataset(cell.data)
     rows, samples = [], []
-    for kind, strength, _ in settings.strengths():
-        row, x = measure_strength(train, kind, strength, settings, device)
+    for kind, strength, log_strength in settings.strengths():
+        row, x = measure_strength(train, kind, strength, settings, device, log_strength)
         rows.append({"cell": cell.name, **cell.knobs, **row})
         samples.append((kind, strength, x))
         if log is not None:

@@ -42,7 +42,8 @@ class OptimalDenoiser:
         labels: training labels (n,) for the class-conditional optimum (Eq. 60: the same sum over
             the images of the requested class only). Taken from ``train`` when it is an ImageSet.
         conditional: use labels passed to ``__call__`` to restrict the sum to that class.
-        regularize: ``None``, ``("tikhonov", c)`` or ``("eb", tau)``.
+        regularize: ``None``, ``("tikhonov", c)``, ``("eb", tau)`` or ``("log_eb", ln_tau)`` (the floor
+            given by its logarithm, for floors below float64's smallest number, e^-745).
         chunk: training images per streamed block.
         dtype: computation dtype (float64 by default: the ODE at small σ is sensitive).
     """
@@ -86,6 +87,10 @@ class OptimalDenoiser:
         self.y = y
         self.y_sq = torch.linalg.vector_norm(y, dim=1).square()  # ‖y_i‖², without a (n, d) temporary
         self.kind, self.strength = _parse_regularizer(regularize)
+        if self.kind == "log_eb":  # the floor given as ln τ: floors below e^-745 underflow as floats
+            self.kind, self.log_tau, self.strength = "eb", self.strength, math.exp(self.strength)
+        elif self.kind == "eb":
+            self.log_tau = math.log(self.strength)
         self.chunk = chunk
         self.device, self.dtype = torch.device(device), dtype
         self.cutoff = math.log(torch.finfo(dtype).tiny) + 20.0  # see _denoise
@@ -141,7 +146,7 @@ class OptimalDenoiser:
         if self.kind == "eb":
             d = x.shape[1]
             log_s = run_max + torch.log(run_sum) - 0.5 * d * torch.log(math.pi * two_var)  # log Σ exp(ℓ_j)
-            W = torch.exp(log_s - torch.clamp(log_s, min=math.log(self.strength)))  # S / max(S, τ)
+            W = torch.exp(log_s - torch.clamp(log_s, min=self.log_tau))  # S / max(S, τ), in log space
             return (1 - W) * x + W * x_bar
         return x_bar
 
@@ -150,23 +155,27 @@ def _parse_regularizer(regularize) -> tuple[str | None, float]:
     if regularize is None:
         return None, 0.0
     kind, value = regularize
-    if kind not in ("tikhonov", "eb"):
-        raise InputError(f"unknown regularizer {kind!r} (use tikhonov:C or eb:TAU)", param="regularize")
+    if kind not in ("tikhonov", "eb", "log_eb"):
+        raise InputError(f"unknown regularizer {kind!r} (use tikhonov:C, eb:TAU or log_eb:LN_TAU)", param="regularize")
     value = float(value)
+    if kind == "log_eb":
+        if not math.isfinite(value):
+            raise InputError(f"log_eb (ln τ) must be a finite number, got {value}", param="regularize")
+        return kind, value
     if not math.isfinite(value) or value < 0 or (kind == "eb" and value == 0):
         raise InputError(f"{kind} strength must be {'> 0' if kind == 'eb' else '>= 0'}, got {value}", param="regularize")
     return kind, value
 
 
 def parse_regularize_flag(text: str | None) -> tuple[str, float] | None:
-    """``tikhonov:C`` or ``eb:TAU`` → (kind, value); ``None``/``none`` → None."""
+    """``tikhonov:C``, ``eb:TAU`` or ``log_eb:LN_TAU`` → (kind, value); ``None``/``none`` → None."""
     if text is None or text.lower() == "none":
         return None
     kind, sep, value = text.partition(":")
     try:
         parsed = (kind.lower(), float(value))
     except ValueError:
-        raise InputError(f"expected tikhonov:C or eb:TAU, got {text!r}", param="regularize") from None
+        raise InputError(f"expected tikhonov:C, eb:TAU or log_eb:LN_TAU, got {text!r}", param="regularize") from None
     if not sep:
-        raise InputError(f"expected tikhonov:C or eb:TAU, got {text!r}", param="regularize")
+        raise InputError(f"expected tikhonov:C, eb:TAU or log_eb:LN_TAU, got {text!r}", param="regularize")
     return _parse_regularizer(parsed)
