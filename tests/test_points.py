@@ -181,3 +181,24 @@ def test_tracking_measures_points_unquantized():
     D = OptimalDenoiser(cloud.points.astype(np.float64))  # D* copies its training points
     result = track_memorization(D, cloud, {"track_samples": 30, "num_classes": 0, "seed": 0}, "cpu")
     assert (result["fraction_within"], result["ratio"], result["n_generated"]) == (1.0, 1.0, 30)
+
+
+def test_memorization_cli_measures_point_clouds(tmp_path, run_cli):
+    """diffmem memorization on .npz point clouds: both of seed 002's shares, against a direct count."""
+    train = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    # copies (within 0.05, ratio < 1/3), a near miss (0.1 away: ratio 0.1/0.9 < 1/3, not within) and a midpoint
+    generated = np.array([[0.01, 0.0], [1.0, 0.02], [0.1, 0.0], [0.5, 0.5]], dtype=np.float32)
+    save_points(tmp_path / "t.npz", PointCloud(train))
+    save_points(tmp_path / "g.npz", PointCloud(generated))
+    code, out, err = run_cli(["memorization", "--train", tmp_path / "t.npz", "--generated", tmp_path / "g.npz",
+                              "--json", "--bootstrap", "0"])
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["fraction_within"] == 0.5 and got["memorization_ratio"] == 0.75
+    code, out, err = run_cli(["memorization", "--train", tmp_path / "t.npz", "--generated", tmp_path / "g.npz",
+                              "--tolerance", "0.2", "--bootstrap", "0"])
+    assert code == 0 and "0.7500 within 0.2" in out, out
+    one_line(*run_cli(["memorization", "--train", tmp_path / "t.npz", "--generated", tmp_path / "g.npz",
+                       "--tolerance", "0"]), "--tolerance")
+    one_line(*run_cli(["memorization", "--train", tmp_path / "t.npz", "--generated", tmp_path / "g.npz",
+                       "--out", tmp_path / "o"]), "--out")

@@ -10,11 +10,13 @@ import click
 from diffmem.atomic import prepare_output, write_json, write_npz
 from diffmem.cli.options import parse_bytes, parse_fraction, resolve_device
 from diffmem.data.io import load_image_set
-from diffmem.errors import check_number
+from diffmem.data.points import is_points_file, load_data
+from diffmem.errors import InputError, check_number
 from diffmem.metrics.features import parse_features
 from diffmem.metrics.memorization import (
     DEFAULT_SIMILARITY_THRESHOLD, MAX_BOOTSTRAP, METRICS, feature_memorization, memorization,
 )
+from diffmem.metrics.proximity import DEFAULT_TOLERANCE, proximity
 from diffmem.rng import check_seed
 
 OUTPUTS = ("neighbors.npz", "neighbors.png", "summary.json")
@@ -41,8 +43,10 @@ OUTPUTS = ("neighbors.npz", "neighbors.png", "summary.json")
 @click.option("--similarity-threshold", default=DEFAULT_SIMILARITY_THRESHOLD, show_default=True, type=float,
               help="Cosine: a sample is a replication when its nearest training similarity exceeds this (DCR).")
 @click.option("--source", default=None, help="Built-in source of --features classifier (digits, mnist, fashion-mnist).")
+@click.option("--tolerance", default=DEFAULT_TOLERANCE, show_default=True, type=float,
+              help="Point clouds (.npz of points): also count samples within this distance of a training point.")
 def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, memory_limit, device, bootstrap, seed,
-                     quantize, features, metric, similarity_threshold, source):
+                     quantize, features, metric, similarity_threshold, source, tolerance):
     """Memorization ratio: the share of generated images whose nearest training image is
     closer than THRESHOLD times the second nearest (exact L2 in pixel space, or in the feature
     space of --features with --metric cosine|l2)."""
@@ -56,6 +60,8 @@ def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, me
     if out_dir is not None and not out_dir.strip():
         prepare_output(out_dir, kind="folder", names=OUTPUTS)  # refuses the empty path, naming --out
     device = resolve_device(device)
+    if is_points_file(train_path) or is_points_file(generated_path):
+        return _points(train_path, generated_path, threshold, tolerance, bootstrap, seed, device, as_json, out_dir)
     train = load_image_set(train_path, what="train")
     generated = load_image_set(generated_path, what="generated")
     if out_dir is not None:  # checked after the inputs, created only once the measurement succeeded
@@ -85,6 +91,24 @@ def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, me
         click.echo(result.explain())
     if out:
         click.echo(f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
+
+
+def _points(train_path, generated_path, threshold, tolerance, bootstrap, seed, device, as_json, out_dir) -> None:
+    """Point clouds (seed 002's toys): the share within ``tolerance`` of a training point and the 1/3
+    ratio (:func:`diffmem.metrics.proximity.proximity`), measured unquantized."""
+    if out_dir is not None:
+        raise InputError("per-sample outputs are written for image sets only; leave it out for point clouds",
+                         param="out")
+    train, generated = load_data(train_path, what="train"), load_data(generated_path, what="generated")
+    result = proximity(train, generated, tolerance=tolerance, threshold=threshold, bootstrap=bootstrap, seed=seed,
+                       device=device)
+    summary = {"train": str(train_path), "generated": str(generated_path), "n_train": len(train),
+               "n_generated": len(generated), **result.summary()}
+    if as_json:
+        click.echo(json.dumps(summary, allow_nan=False))
+        return
+    click.echo(f"{result.ratio:.4f} of {len(generated)} samples memorized by the ratio rule (d1/d2 < {threshold:.4g}); "
+               f"{result.fraction_within:.4f} within {tolerance:g} of one of {len(train)} training points")
 
 
 def _write_outputs(out, result, generated, train, summary: dict) -> None:
