@@ -149,6 +149,24 @@ def test_a_model_is_sampled_saved_and_audited(digits, tmp_path):
     assert res.criterion("membership").ran or "not installed" in res.criterion("membership").explanation
 
 
+def test_tiled_extraction_and_secmi_membership_reach_their_criteria(digits, tmp_path):
+    """--tiles and --membership-method are passed through: the audit's extraction scores equal the
+    library's tiled extraction on the same samples, and membership runs SecMI's t-error."""
+    from diffmem.denoisers.optimal import OptimalDenoiser
+    from diffmem.metrics.extraction import extraction
+
+    train, held = ImageSet(digits.images[:60]), ImageSet(digits.images[500:520])
+    gen = digits.images[1000:1010].copy()
+    gen[3] = train.images[5]
+    res = audit(gen, train, tiles=2)
+    direct = extraction(train, gen, tiles=2)
+    assert res.criterion("extraction").summary["tiles"] == 2
+    np.testing.assert_allclose(res.table()["extraction_score"], direct.score)
+    assert not np.allclose(direct.score, extraction(train, gen).score)  # the tiles change the answer
+    res = audit(OptimalDenoiser(train), train, held, num=4, steps=6, membership_method="secmi")
+    assert res.criterion("membership").summary["method"] == "secmi"
+
+
 @pytest.mark.parametrize("form", ["zip", "npz", "folder", "npy-nhwc-int16", "npy-float64"])
 def test_chunked_readers_equal_the_whole_set_readers(digits, tmp_path, form):
     imgs, labels = digits.images[:50], digits.labels[:50]
@@ -237,6 +255,9 @@ def test_bad_input_is_one_line_and_exit_2(files, run_cli, tmp_path):
         ([gen, "--train", tmp_path / "float.npy", "--out", tmp_path / "o"], "--train", "[-1, 1]"),
         ([gen, "--train", tmp_path / "int.npy", "--out", tmp_path / "o"], "--train", "0..255"),
         ([gen, *base, "--features", "classifier"], "--source", "built-in source"),
+        ([gen, *base, "--tiles", "0"], "--tiles", ">= 1"),
+        ([gen, *base, "--tiles", "3"], "--tiles", "3 x 3"),
+        ([gen, *base, "--membership-method", "vibes"], "--membership-method", "loss or secmi"),
     ]
     for argv, flag, needle in cases:
         code, out, err = run_cli(["audit", *argv])

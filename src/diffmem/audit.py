@@ -126,8 +126,12 @@ class AuditResult:
         }
 
 
-def _check_options(num, threshold, gate, fail_above, memory_limit, seed):
+def _check_options(num, threshold, gate, fail_above, memory_limit, seed, tiles, membership_method):
     num = check_number("num", num, lo=1, integer=True)
+    if tiles is not None:
+        check_number("tiles", tiles, lo=1, integer=True)
+    if membership_method not in ("loss", "secmi"):
+        raise InputError(f"expected loss or secmi, got {membership_method!r}", param="membership_method")
     threshold = check_number("threshold", threshold, lo=0.0, lo_open=True, hi=1.0)
     names = [name for name, _ in CRITERIA]
     if gate not in names:
@@ -142,7 +146,7 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
           threshold: float = DEFAULT_THRESHOLD,
           gate: str = "pixel", fail_above: float | None = None, out=None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
           device: str | None = None, seed: int = 0, steps: int = 18, progress: bool = False,
-          allow_pickle: bool = False) -> AuditResult:
+          allow_pickle: bool = False, tiles: int | None = None, membership_method: str = "loss") -> AuditResult:
     """Audit generated samples (or a model, sampled ``num`` times) against the training set ``train``.
 
     ``train`` and ``heldout`` are paths (PNG folder, ``.npz``, ``.npy``, EDM ``.zip``, ...) or
@@ -152,11 +156,12 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
     ``threshold`` the 1/3 rule's threshold; ``gate`` the criterion that
     ``fail_above`` (a fraction in [0, 1]) applies to; ``memory_limit`` bytes for reading the
     training set and the neighbour search; ``seed`` for sampling and bootstraps; ``steps`` the Heun
-    steps of sampling a model. Bad input raises
+    steps of sampling a model; ``tiles`` a G × G grid for Carlini et al.'s tiled extraction distance
+    (large images); ``membership_method`` ``loss`` or ``secmi``. Bad input raises
     :class:`~diffmem.errors.InputError` naming the parameter.
     """
     num, threshold, fail_above, memory_limit, seed = _check_options(num, threshold, gate, fail_above,
-                                                                    memory_limit, seed)
+                                                                    memory_limit, seed, tiles, membership_method)
     created = out is not None and str(out).strip() != "" and not Path(out).exists()
     if out is not None:
         out = prepare_output(out, kind="folder", names=OUTPUTS)
@@ -172,7 +177,8 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
                                 progress=progress, allow_pickle=allow_pickle)
         ctx = AuditInputs(train=train_set, generated=gen.images, heldout=held, denoiser=gen.denoiser,
                           features=features, source=source, threshold=threshold, memory_limit=memory_limit,
-                          device=device or "cpu", seed=seed, progress=progress, cache=cache)
+                          device=device or "cpu", seed=seed, progress=progress, cache=cache, tiles=tiles,
+                          membership_method=membership_method)
         return _finish(ctx, gate, fail_above, out)
     except BaseException:
         if created:  # bad input (or an interruption) leaves nothing behind

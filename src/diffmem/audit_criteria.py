@@ -73,6 +73,8 @@ class AuditInputs:
     seed: int
     progress: bool
     cache: Path
+    tiles: int | None = None  # extraction: Carlini et al.'s tiled ℓ2 over a tiles × tiles grid
+    membership_method: str = "loss"  # loss | secmi
     _found: dict = field(default_factory=dict)
 
     def gen_units(self) -> np.ndarray:
@@ -232,8 +234,8 @@ def extraction(ctx: AuditInputs) -> Criterion:
     ex = _optional("diffmem.metrics.extraction")
     if ex is None:
         return _skip("extraction", "diffmem.metrics.extraction is not installed")
-    res = ex.extraction(as_image_set(ctx.train), ctx.gen_units(), memory_limit=ctx.memory_limit, device=ctx.device,
-                        progress=ctx.progress)
+    res = ex.extraction(as_image_set(ctx.train), ctx.gen_units(), tiles=ctx.tiles, memory_limit=ctx.memory_limit,
+                        device=ctx.device, progress=ctx.progress)
     ci, _ = bootstrap_ci(res.extracted, 1000, ctx.seed)
     return Criterion("extraction", True, res.explain(), res.fraction, ci, res.extracted,
                      {"nn1": res.idx1, "d1": res.d1, "mean_n": res.mean_n, "score": res.score}, res.summary(),
@@ -283,7 +285,8 @@ def copying(ctx: AuditInputs) -> Criterion:
 
 
 def membership(ctx: AuditInputs) -> Criterion:
-    """Membership inference from the per-image denoising loss (needs a model and held-out images)."""
+    """Membership inference from the per-image denoising loss or SecMI's t-error (needs a model and
+    held-out images)."""
     if ctx.denoiser is None:
         return _skip("membership", "needs a model, not samples")
     if ctx.heldout is None:
@@ -292,7 +295,8 @@ def membership(ctx: AuditInputs) -> Criterion:
     if mm is None:
         return _skip("membership", "diffmem.metrics.membership is not installed")
     members = _member_subset(ctx)
-    res = mm.membership(ctx.denoiser, members, as_image_set(ctx.heldout), seed=ctx.seed, device=ctx.device)
+    res = mm.membership(ctx.denoiser, members, as_image_set(ctx.heldout), method=ctx.membership_method,
+                        seed=ctx.seed, device=ctx.device)
     figs = []
     if hasattr(mm, "roc_figure"):
         figs.append(("Membership inference ROC (training vs held-out)", lambda: mm.roc_figure(res)))

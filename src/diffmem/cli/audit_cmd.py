@@ -49,6 +49,10 @@ def bound_malloc(threshold: int = 128 * 1024) -> bool:
 @click.option("--threshold", default="1/3", show_default=True, help="The d1/d2 threshold of the 1/3 rule.")
 @click.option("--gate", default="pixel", show_default=True, help="The criterion --fail-above applies to.")
 @click.option("--fail-above", default=None, help="Fail (exit 1) when the gate's flagged fraction is above this.")
+@click.option("--tiles", default=None, type=int,
+              help="Extraction on a G x G grid of tiles (Carlini et al.'s tiled l2, for large images).")
+@click.option("--membership-method", default="loss", show_default=True,
+              help="Membership inference: loss (per-image denoising loss) or secmi (SecMI's t-error).")
 @click.option("--memory-limit", default="2GiB", show_default=True, help="Working memory (training set read in chunks).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of sampling and bootstraps.")
@@ -57,7 +61,7 @@ def bound_malloc(threshold: int = 128 * 1024) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print audit.json's content on stdout instead of the verdict.")
 @click.option("--progress/--no-progress", default=None, help="Progress bars with ETA on stderr [when a terminal].")
 def audit_cmd(model_or_samples, train_path, heldout, features, source, num, steps, threshold, gate, fail_above,
-              memory_limit, device, seed, allow_pickle, out_dir, as_json, progress):
+              tiles, membership_method, memory_limit, device, seed, allow_pickle, out_dir, as_json, progress):
     """Audit a model (sampled --num times) or a set of samples against --train; print one verdict
     line. Exit 0: pass; 1: the --gate criterion's flagged fraction is above --fail-above; 2: bad input."""
     from diffmem.audit import audit
@@ -70,7 +74,8 @@ def audit_cmd(model_or_samples, train_path, heldout, features, source, num, step
     try:
         result = audit(model_or_samples, train_path, heldout, num=num, features=features, source=source,
                        threshold=threshold, gate=gate, fail_above=fail_above, out=out_dir, memory_limit=limit,
-                       device=device, seed=seed, steps=steps, allow_pickle=allow_pickle,
+                       device=device, seed=seed, steps=steps, allow_pickle=allow_pickle, tiles=tiles,
+                       membership_method=membership_method,
                        progress=sys.stderr.isatty() if progress is None else progress)
     except InputError as err:
         if err.param in _POSITIONAL:  # the argument has no flag: name it as the usage line does
