@@ -51,6 +51,10 @@ def test_guard_stops_after_the_first_ratio_above_it(tmp_path, digits, scripted_t
     assert [e for e, _ in list_snapshots(run)] == [10, 20, 30]  # every measured net kept, none later
     assert load_state(run / "state.pt")["step"] == 30
     assert json.loads((run / "summary.json").read_text())["stopped"]["step"] == 30
+    from diffmem.sweep import run_row
+
+    row = run_row(run)  # a sweep's table lists what the run trained, not what it planned
+    assert row["stopped_by_guard"] and row["steps"] == 30 and row["epochs"] == 30
     # a resume of the stopped run trains no further
     again = training.train(_config(guard=0.2), data, run, resume=True)
     assert again["stopped"]["epoch"] == 30 and scripted_tracking == [0.0, 0.05, 0.3]
@@ -67,6 +71,9 @@ def test_guard_at_the_edge_and_unguarded(tmp_path, digits, scripted_tracking):
     scripted_tracking.clear()
     summary = training.train(_config(epochs=30, snapshots="30"), data, tmp_path / "free")
     assert summary["stopped"] is None and [e for e, _ in list_snapshots(tmp_path / "free")] == [30]
+    from diffmem.sweep import run_row
+
+    assert not run_row(tmp_path / "free")["stopped_by_guard"] and run_row(tmp_path / "free")["epochs"] == 30
 
 
 def test_train_cli_guard(tmp_path, digits64_zip, run_cli, scripted_tracking):
