@@ -92,3 +92,30 @@ def test_report_table_and_refusals(folders, run_cli):
     for bad in ("", folders / "nothing", folders / "emm.toml", folders):
         code, _, err = run_cli(["report", bad])
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (bad, err)
+
+
+def test_a_study_folder_is_reported_with_its_figures_and_short_tables(tmp_path, run_cli):
+    """A study command's folder (results.json, CSV tables, PNGs: timescales, two-split, ...) gets a
+    page with every figure and every table of at most STUDY_ROWS rows, decoded in a browser."""
+    from matplotlib.figure import Figure
+
+    from diffmem.plots import save_figure
+    from diffmem.report import STUDY_ROWS
+
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "results.json").write_text("{}")
+    (study / "results.csv").write_text("n,tau_mem\n8,1504\n16,4154\n")
+    (study / "curves.csv").write_text("t\n" + "".join(f"{i}\n" for i in range(STUDY_ROWS + 1)))
+    for name in ("curves", "tau_vs_n"):
+        fig = Figure()
+        fig.subplots().plot([1, 2], [3, 4])
+        save_figure(fig, study / f"{name}.png")
+    code, out, err = run_cli(["report", study])
+    assert code == 0, err
+    page = (study / "report" / "index.html").read_text()
+    assert page.count("<img") == 2 and "<td>4154</td>" in page and page.count("<table>") == 1
+    assert f"curves.csv: {STUDY_ROWS + 1} rows (not shown)" in page
+    assert _decoded(study / "report" / "index.html") == (2, 2)
+    (study / "results.json").unlink()
+    assert run_cli(["report", study])[0] == 2  # without results.json it is no study folder

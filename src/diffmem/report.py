@@ -247,8 +247,28 @@ def sweep_report(folder: Path, out: Path) -> Report:
 # The page.
 
 
+def study_report(folder: Path, out: Path) -> Report:
+    """The output folder of a study command (``timescales``, ``two-split``, ``random-features``,
+    ``regularization``): its figures, and each of its CSV tables of at most ``STUDY_ROWS`` rows."""
+    import csv
+
+    report = Report(f"{folder.name}")
+    for path in sorted(folder.glob("*.csv")):
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if len(rows) <= STUDY_ROWS:
+            report.tables.append((path.name, rows))
+        else:
+            report.lines.append(f"{path.name}: {len(rows)} rows (not shown).")
+    report.figures = [(png.stem.replace("_", " "), png) for png in sorted(folder.glob("*.png"))]
+    return report
+
+
+STUDY_ROWS = 200  # longer tables (e.g. per-step curves) stay in their CSV files
+
+
 def kind_of(folder: Path) -> str:
-    """``sweep`` | ``emm`` | ``run``, from the files in the folder."""
+    """``sweep`` | ``emm`` | ``run`` | ``study``, from the files in the folder."""
     if (folder / "sweep.json").exists():
         sweep = json.loads((folder / "sweep.json").read_text())
         cells = sweep.get("cells", []) if isinstance(sweep, dict) else None
@@ -261,7 +281,10 @@ def kind_of(folder: Path) -> str:
         return "emm"
     if (folder / "config.json").exists() and (folder / "summary.json").exists():
         return "run"
-    raise InputError(f"{folder}: not a run, EMM or sweep folder (no summary.json, emm.json or sweep.json)")
+    if (folder / "results.json").exists() and any(folder.glob("*.png")):
+        return "study"
+    raise InputError(f"{folder}: not a run, EMM, sweep or study folder (no summary.json, emm.json, sweep.json, "
+                     "or results.json with figures)")
 
 
 def _table_html(rows: list[dict], title: str = "Results") -> str:
@@ -296,7 +319,7 @@ def render_html(report: Report) -> str:
 
 
 def make_report(folder, out=None) -> Path:
-    """Write the report of a run, EMM or sweep ``folder`` into ``out`` (default ``folder/report``);
+    """Write the report of a run, EMM, sweep or study ``folder`` into ``out`` (default ``folder/report``);
     returns the path of ``index.html``. ``out`` must be new, empty, or an earlier report."""
     if folder is None or not str(folder).strip():
         raise InputError("an empty path is not a folder")
@@ -327,6 +350,8 @@ def _build(kind: str, folder: Path, out: Path) -> Report:
         return run_report(folder, out)
     if kind == "emm":
         return emm_report(folder, out)
+    if kind == "study":
+        return study_report(folder, out)
     if kind == "emm-sweep":
         sweep = json.loads((folder / "sweep.json").read_text())
         return emm_report(folder / sweep["cells"][0]["name"], out, report=Report(f"EMM {sweep['name']}"))
