@@ -156,3 +156,21 @@ def test_library_bad_metric(planted):
     with pytest.raises(InputError) as err:
         feature_memorization(*planted, metric="dot")
     assert err.value.param == "metric"
+
+
+def test_background_of_a_large_set_comes_from_a_seeded_subset(planted, monkeypatch):
+    """Above BACKGROUND_ROWS training images, the background is the nearest-other distance of a seeded
+    subset of them, each searched against the whole set (checked by hand), and the same per seed."""
+    import importlib
+
+    mm = importlib.import_module("diffmem.metrics.memorization")  # the module (the package exports a function by that name)
+    train, gen = planted
+    monkeypatch.setattr(mm, "BACKGROUND_ROWS", 10)
+    r = feature_memorization(train, gen, features="pixels", metric="l2", bootstrap=0, seed=3)
+    full = np.sqrt(((train[:, None].astype(float) - train[None]) ** 2).reshape(len(train), len(train), -1).sum(-1))
+    own = np.sort(full, 1)[:, 1] / 127.5
+    rows = np.sort(mm.numpy_rng(3, mm.BOOTSTRAP, 1).choice(len(train), 10, replace=False))
+    assert r.background["q0.5"] == pytest.approx(np.median(own[rows]), rel=1e-6)
+    assert r.background["q0.5"] != pytest.approx(np.median(own), rel=1e-6)  # a subset, not the whole set
+    again = feature_memorization(train, gen, features="pixels", metric="l2", bootstrap=0, seed=3)
+    assert again.background == r.background
