@@ -164,7 +164,7 @@ def test_sigma_data_reaches_the_preconditioner_and_the_loss(run_cli, tmp_path):
                             "--precond", "edm", "--sigma-data", "1", "--epochs", "1", "--batch", "8"])
     assert code == 0, err
     D = load_run(tmp_path / "r").denoiser
-    x, s = torch.randn(3, 2), torch.full((3,), 0.7)
+    s = torch.full((3,), 0.7)
     c_skip = 1.0 / (0.7**2 + 1.0)  # σd²/(σ²+σd²) with σd = 1: the skip path of D at σ = 0.7
     assert D.sigma_data == 1.0 and torch.allclose(D.coefficients(s.reshape(-1, 1))[0].flatten(), torch.full((3,), c_skip))
     for argv, flag in ((["--precond", "vp", "--sigma-data", "1"], "--sigma-data"),

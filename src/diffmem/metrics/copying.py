@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffmem.errors import InputError, check_number
-from diffmem.metrics.memorization import _as_pixels, _common_units
+from diffmem.metrics.memorization import _as_pixels, _common_units, image_pair
 from diffmem.metrics.neighbors import DEFAULT_MEMORY_LIMIT, knn
 from diffmem.rng import check_seed
 
@@ -214,13 +214,7 @@ def authenticity(train, generated, *, memory_limit: int = DEFAULT_MEMORY_LIMIT, 
 
     The training set's own nearest-other distances come from one exact k = 2 search of the training
     set against itself (column 2: the nearest *other* image, 0 for a duplicated image)."""
-    t_pix, t_src = _as_pixels(train, "train")
-    g_pix, g_src = _as_pixels(generated, "generated")
-    if t_pix.shape[1:] != g_pix.shape[1:]:
-        raise InputError(f"{g_src}generated images have shape {tuple(g_pix.shape[1:])} but training images "
-                         f"have {tuple(t_pix.shape[1:])}", param="generated")
-    if len(t_pix) < 2:
-        raise InputError(f"{t_src}authenticity needs at least 2 training images", param="train")
+    t_pix, g_pix, _, _ = image_pair(train, generated, min_train=2, needs="authenticity")
     t_u, g_u, scale = _common_units(t_pix, g_pix)
     gen_nb = knn(g_u, t_u, k=1, memory_limit=memory_limit, device=device)
     self_nb = knn(t_u, t_u, k=2, memory_limit=memory_limit, device=device)

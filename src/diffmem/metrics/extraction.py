@@ -32,7 +32,7 @@ import torch
 from matplotlib.figure import Figure
 
 from diffmem.errors import InputError, check_number
-from diffmem.metrics.memorization import _as_pixels, _common_units
+from diffmem.metrics.memorization import _common_units, image_pair
 from diffmem.metrics.neighbors import DEFAULT_MEMORY_LIMIT, knn
 
 #: Carlini et al. 2023 §5.1: "We run our attack with α = 0.5 and n = 50."
@@ -179,14 +179,7 @@ def extraction(
     delta = check_number("delta", delta, lo=0.0, lo_open=True)
     if tiles is not None:
         tiles = check_number("tiles", tiles, lo=1, integer=True)
-    t_pix, t_src = _as_pixels(train, "train")
-    g_pix, g_src = _as_pixels(generated, "generated")
-    if t_pix.shape[1:] != g_pix.shape[1:]:
-        raise InputError(f"{g_src}generated images have shape {tuple(g_pix.shape[1:])} but training images "
-                         f"have {tuple(t_pix.shape[1:])}", param="generated")
-    if len(t_pix) < 1 or len(g_pix) < 1:
-        raise InputError("extraction needs at least one training and one generated image",
-                         param="train" if len(t_pix) < 1 else "generated")
+    t_pix, g_pix, _, _ = image_pair(train, generated, min_train=1, needs="extraction")
     t_pix, g_pix, scale = _common_units(t_pix, g_pix)
     k = min(n_neighbors, len(t_pix))
     if tiles is None:

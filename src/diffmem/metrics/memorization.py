@@ -127,6 +127,23 @@ def _as_pixels(x, param: str) -> tuple[np.ndarray, str]:
     return x, ""
 
 
+def image_pair(train, generated, *, min_train: int, needs: str) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """``(train pixels, generated pixels, train prefix, generated prefix)`` of two image sets of one
+    shape (see :func:`_as_pixels`), with at least ``min_train`` training images and one generated
+    image; else an InputError naming ``train`` or ``generated`` and what ``needs`` them."""
+    t_pix, t_src = _as_pixels(train, "train")
+    g_pix, g_src = _as_pixels(generated, "generated")
+    if t_pix.shape[1:] != g_pix.shape[1:]:
+        raise InputError(f"{g_src}generated images have shape {tuple(g_pix.shape[1:])} but training images "
+                         f"({t_src.rstrip(': ') or 'given'}) have {tuple(t_pix.shape[1:])}", param="generated")
+    if len(t_pix) < min_train:
+        raise InputError(f"{t_src}{needs} needs at least {min_train} training image{'s' * (min_train > 1)}",
+                         param="train")
+    if len(g_pix) < 1:
+        raise InputError(f"{g_src}{needs} needs at least one generated image", param="generated")
+    return t_pix, g_pix, t_src, g_src
+
+
 def _common_units(t_pix: np.ndarray, g_pix: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Both sets in the units of the data given, without rounding anything, and the factor to model
     space: two uint8 sets in integer pixel units; a uint8 set against a float one in pixel units too
@@ -164,13 +181,7 @@ def memorization(
     threshold = check_number("threshold", threshold, lo=0.0, lo_open=True, hi=1.0)
     bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=MAX_BOOTSTRAP, integer=True)
     seed = check_seed(seed)
-    t_pix, t_src = _as_pixels(train, "train")
-    g_pix, g_src = _as_pixels(generated, "generated")
-    if t_pix.shape[1:] != g_pix.shape[1:]:
-        raise InputError(f"{g_src}generated images have shape {tuple(g_pix.shape[1:])} but training images "
-                         f"({t_src.rstrip(': ') or 'given'}) have {tuple(t_pix.shape[1:])}", param="generated")
-    if len(t_pix) < 2:
-        raise InputError(f"{t_src}the memorization ratio needs at least 2 training images", param="train")
+    t_pix, g_pix, _, _ = image_pair(train, generated, min_train=2, needs="the memorization ratio")
     if quantize and g_pix.dtype != np.uint8:
         g_pix = to_uint8(g_pix)
     t_pix, g_pix, scale = _common_units(t_pix, g_pix)
@@ -298,13 +309,7 @@ def feature_memorization(
     seed = check_seed(seed)
     if metric not in METRICS:
         raise InputError(f"expected cosine or l2, got {metric!r}", param="metric")
-    t_pix, t_src = _as_pixels(train, "train")
-    g_pix, g_src = _as_pixels(generated, "generated")
-    if t_pix.shape[1:] != g_pix.shape[1:]:
-        raise InputError(f"{g_src}generated images have shape {tuple(g_pix.shape[1:])} but training images "
-                         f"have {tuple(t_pix.shape[1:])}", param="generated")
-    if len(t_pix) < 2:
-        raise InputError(f"{t_src}the memorization ratio needs at least 2 training images", param="train")
+    t_pix, g_pix, _, _ = image_pair(train, generated, min_train=2, needs="the memorization ratio")
     extractor = load_features(features, reference=train, source=source, device=device or "cpu")
     e_t = _embeddings(extractor, train, "training", batch, progress)
     e_g = _embeddings(extractor, generated, "generated", batch, progress)
