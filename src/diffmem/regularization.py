@@ -56,7 +56,7 @@ from diffmem.metrics.proximity import DEFAULT_TOLERANCE, proximity
 from diffmem.plots import save_curves, save_figure
 from diffmem.rng import check_seed
 from diffmem.sampling import SAMPLERS, sample
-from diffmem.specs import Cell, Spec
+from diffmem.specs import Cell, Spec, mode_settings
 from diffmem.sweep import write_table
 
 MODE = "regularization"
@@ -111,21 +111,11 @@ class RegularizationSettings:
 
 def parse_settings(spec: Spec) -> RegularizationSettings:
     """The spec's ``[regularization]`` table, validated; errors name the file, table and key."""
-    table = spec.settings
-    known = tuple(f.name for f in dataclasses.fields(RegularizationSettings))
-    unknown = [k for k in table if k not in known]
-    if unknown:
-        raise InputError(f"{spec.path}: [{MODE}] {unknown[0]}: unknown key (known: {', '.join(known)})")
     bad_axes = [k for k in spec.axes if not k.startswith("data.")]
     if bad_axes:
         raise InputError(f"{spec.path}: [axes] {bad_axes[0].split('.', 1)[1]}: mode {MODE} samples closed-form "
                          f"optima; only data fields can be axes")
-    try:
-        return RegularizationSettings(**table)
-    except InputError as err:
-        raise InputError(f"{spec.path}: [{MODE}] {err.param}: {err.detail}") from None
-    except TypeError as err:  # e.g. a table where a value belongs
-        raise InputError(f"{spec.path}: [{MODE}]: {err}") from None
+    return mode_settings(spec, RegularizationSettings)
 
 
 def measure_strength(train, kind: str, strength: float, settings: RegularizationSettings,

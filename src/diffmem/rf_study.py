@@ -50,7 +50,6 @@ The spec (TOML)::
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,6 +59,7 @@ import torch
 from diffmem.denoisers.random_features import (RandomFeatureScore, diffusion_coefficients, dsm_loss,
                                                dsm_loss_and_gradient, noisy_inputs, score_error)
 from diffmem.errors import InputError, check_number
+from diffmem.specs import read_toml
 
 STABILITY_LIMIT = 1.5  # refuse dt·Δ_t·λ_max(U)/ψ_p above this (GD on a quadratic diverges at 2)
 EVAL_CHUNK = 2048  # rows per evaluation batch (bounds memory at (chunk, p))
@@ -131,15 +131,8 @@ class RFSettings:
 
 def parse_rf_spec(path) -> tuple[str, RFSettings]:
     """Read a random-features spec: ``(name, settings)``; errors are one line naming the key."""
+    doc = read_toml(path)
     path = str(path)
-    if not path.strip():
-        raise InputError("an empty path is not a spec file", param="spec")
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read the spec ({getattr(err, 'strerror', None) or err})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{path}: not valid TOML ({err})") from None
     unknown = [k for k in doc if k not in ("name", "rf")]
     if unknown:
         raise InputError(f"{path}: {unknown[0]}: unknown key (known: name, rf)")

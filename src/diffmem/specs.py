@@ -183,17 +183,39 @@ def _axis_key(key: str, path: str) -> str:
     return f"{where[0]}.{key}"
 
 
-def parse_spec(path, *, mode: str | None = None) -> Spec:
-    """Read and validate a spec file; ``mode`` forces ``runs`` or ``emm`` (``diffmem emm``)."""
+def mode_settings(spec: Spec, cls, where: str | None = None):
+    """The spec's mode table (``[timescales]``, ``[twosplit]``, ...) as ``cls``, a dataclass that
+    validates itself; an unknown key or bad value is one line naming the file, table and key."""
+    table, where = MODE_SECTIONS[spec.mode], where or spec.path
+    known = tuple(f.name for f in dataclasses.fields(cls))
+    unknown = [k for k in spec.settings if k not in known]
+    if unknown:
+        raise InputError(f"{where}: [{table}] {unknown[0]}: unknown key (known: {', '.join(known)})")
+    try:
+        return cls(**spec.settings)
+    except InputError as err:
+        raise InputError(f"{where}: [{table}] {err.param}: {err.detail}") from None
+    except TypeError as err:  # e.g. a table where a value belongs
+        raise InputError(f"{where}: [{table}]: {err}") from None
+
+
+def read_toml(path) -> dict:
+    """A spec file's TOML document; an unreadable or invalid file is one line naming it."""
     path = str(path)
     if not path.strip():
         raise InputError("an empty path is not a spec file", param="spec")
     try:
-        doc = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the spec ({getattr(err, 'strerror', None) or err})") from None
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: not valid TOML ({err})") from None
+
+
+def parse_spec(path, *, mode: str | None = None) -> Spec:
+    """Read and validate a spec file; ``mode`` forces ``runs`` or ``emm`` (``diffmem emm``)."""
+    doc = read_toml(path)
+    path = str(path)
     unknown = [k for k in doc if k not in TOP_KEYS]
     if unknown:
         raise InputError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(TOP_KEYS)})")

@@ -38,6 +38,7 @@ import scipy.stats
 
 from diffmem.atomic import write_json, write_text
 from diffmem.errors import InputError, check_number
+from diffmem.specs import mode_settings
 
 TIME_UNITS = ("images", "steps", "epochs")
 CURVE_FILE, RESULT_FILE, TABLE_CSV, CURVES_CSV = "timescales.json", "results.json", "results.csv", "curves.csv"
@@ -271,14 +272,7 @@ def _read_curve(path: Path) -> dict:
 def settings_of(spec) -> TimescaleSettings:
     """The spec's ``[timescales]`` table validated (errors name the file and the key); the spec must
     vary ``size`` (≥ 2 values) and nothing else, at one batch no larger than its smallest size."""
-    names = [f.name for f in dataclasses.fields(TimescaleSettings)]
-    unknown = [k for k in spec.settings if k not in names]
-    if unknown:
-        raise InputError(f"{spec.path}: [timescales] {unknown[0]}: unknown key (known: {', '.join(names)})")
-    try:
-        settings = TimescaleSettings(**spec.settings)
-    except InputError as err:
-        raise InputError(f"{spec.path}: [timescales] {err.param}: {err.detail}") from None
+    settings = mode_settings(spec, TimescaleSettings)
     if list(spec.axes) != ["data.size"] or len(spec.axes["data.size"]) < 2:
         raise InputError(f"{spec.path}: [axes] size: a timescales spec varies size (at least 2 values) and nothing else")
     batch = spec.cells()[0].train.batch

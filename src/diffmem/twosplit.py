@@ -50,6 +50,7 @@ from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.errors import InputError, check_number
 from diffmem.rng import PERMUTATION, check_seed, numpy_rng
+from diffmem.specs import mode_settings
 
 SPEC_FILE, TABLE_JSON, TABLE_CSV = "twosplit.json", "results.json", "results.csv"
 SPLIT_KEY = 2**40  # key of the split's draws in the PERMUTATION stream (training uses keys = epochs)
@@ -113,14 +114,7 @@ def plan_from_spec(spec) -> TwoSplitPlan:
     if spec.data.get("labels", "none") not in ("none", None):
         raise InputError(f"{where}: [data] labels: the two-split test trains unconditional models; "
                          f"use labels = \"none\", not {spec.data['labels']!r}")
-    known = tuple(f.name for f in fields(TwoSplitSettings))
-    unknown = [k for k in spec.settings if k not in known]
-    if unknown:
-        raise InputError(f"{where}: [twosplit] {unknown[0]}: unknown key (known: {', '.join(known)})")
-    try:
-        settings = TwoSplitSettings(**spec.settings)
-    except InputError as err:
-        raise InputError(f"{where}: [twosplit] {err.param}: {err.detail}") from None
+    settings = mode_settings(spec, TwoSplitSettings, where)
     cell = spec.cells()[0]
     return TwoSplitPlan(where, spec.name, cell.data.replace(labels="none"), cell.train, settings)
 
