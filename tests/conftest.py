@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -81,3 +85,15 @@ def sets(tmp_path):
     write_dataset_zip(tmp_path / "train.zip", rng.integers(0, 256, (20, 1, 4, 4), dtype=np.uint8))
     save_npz(tmp_path / "gen.npz", rng.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8))
     return tmp_path
+
+
+def browser_dom(index) -> str:
+    """The DOM of the page ``index`` (a path) after headless Chromium rendered it. Skips where
+    Chromium is not installed, fails in CI (``.ci/run`` installs the Debian package)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing in CI (.ci/run installs the Debian package chromium)")
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                           "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120).stdout

@@ -9,14 +9,12 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import one_line
+from conftest import browser_dom, one_line
 from diffmem.audit import audit
 from diffmem.data import ImageSet, load_image_set, save_npz, write_dataset_zip, write_png_folder
 from diffmem.data.stream import chunk_rows, open_streamed
@@ -198,23 +196,12 @@ def test_a_plain_npy_is_mapped_without_a_copy(digits, tmp_path):
         assert s.cache is None and os.path.samefile(s.images.filename, tmp_path / "t.npy")
 
 
-def _browser():
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing in CI (.ci/run installs the Debian package chromium)")
-        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
-    return exe
-
-
 def test_the_report_decodes_in_a_browser(audited):
     index = audited[2] / "report" / "index.html"
     page = index.read_text()
     verdict = json.loads((audited[2] / "audit.json").read_text())["verdict"]
     assert "data:image/png;base64," in page and "file:" not in page and verdict in page
-    dom = subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                          "--dump-dom", index.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
+    dom = browser_dom(index)
     total, decoded = (int(re.search(rf'data-{k}="(\d+)"', dom).group(1)) for k in ("figures", "figures-decoded"))
     assert total == decoded == page.count("<img") >= 3
     assert "The 20 samples closest to a training image" in dom and "<td>extraction</td>" in dom

@@ -2,13 +2,11 @@
 (headless Chromium) decodes every figure of the self-contained page."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
 
 import pytest
 
+from conftest import browser_dom
 from diffmem.cli import run
 
 BASE = """
@@ -41,19 +39,9 @@ def folders(tmp_path_factory):
     return root
 
 
-def _browser():
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing in CI (.ci/run installs the Debian package chromium)")
-        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
-    return exe
-
-
 def _decoded(index):
     """(figures on the page, figures the browser decoded), read back from the rendered DOM."""
-    dom = subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                          "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = browser_dom(index)
     total = re.search(r'data-figures="(\d+)"', dom)
     decoded = re.search(r'data-figures-decoded="(\d+)"', dom)
     assert total and decoded, dom[:500]
