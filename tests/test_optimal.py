@@ -102,17 +102,18 @@ def test_conditional_optimum_samples_the_requested_class():
     np.testing.assert_array_equal(train.labels[result.idx1], labels)
 
 
-@pytest.mark.parametrize("log_tau", [-800.0, -450.0, 1.0])
+@pytest.mark.parametrize("log_tau", [-1200.0, -1130.0, -900.0, -600.0])
 def test_floor_given_by_its_logarithm(log_tau):
-    """log_eb takes ln τ, so floors below e^-745 (0.0 as a float64) stay usable: in 400 dimensions at
-    σ = 1, ln S ≈ -(d/2)·ln(2π) - ‖x - y‖²/2 is near -570, so ln τ = -450 damps every weight, -800 none."""
+    """log_eb takes ln τ, so floors below e^-745 (0.0 as a float64) stay usable: in 800 dimensions at
+    σ = 1, ln S ≈ -(d/2)·ln(2π) - ‖x - y‖²/2 is near -1135, so ln τ = -1200 leaves the weights alone,
+    -1130 damps them partly and -900 or -600 damp them all."""
     rng = np.random.default_rng(3)
-    y = rng.uniform(-1, 1, (12, 400))
-    x = y[:5] + rng.normal(0, 1.0, (5, 400))
+    y = rng.uniform(-1, 1, (12, 800))
+    x = y[:5] + rng.normal(0, 1.0, (5, 800))
     sigma = np.full(5, 1.0)
     out = OptimalDenoiser(y, regularize=("log_eb", log_tau))(torch.from_numpy(x), torch.from_numpy(sigma)).numpy()
     d2 = ((x[:, None, :] - y[None]) ** 2).sum(-1)
-    ell = -d2 / 2 - 0.5 * 400 * np.log(2 * np.pi)
+    ell = -d2 / 2 - 0.5 * 800 * np.log(2 * np.pi)
     w = np.exp(ell - np.maximum(logsumexp(ell, axis=1), log_tau)[:, None])
     np.testing.assert_allclose(out, x + (w[:, :, None] * (y[None] - x[:, None])).sum(1), atol=1e-9)
     if log_tau > -700:  # representable: the same as the floor given directly
