@@ -202,3 +202,11 @@ def test_memorization_cli_measures_point_clouds(tmp_path, run_cli):
                        "--tolerance", "0"]), "--tolerance")
     one_line(*run_cli(["memorization", "--train", tmp_path / "t.npz", "--generated", tmp_path / "g.npz",
                        "--out", tmp_path / "o"]), "--out")
+
+
+def test_data_cli_takes_a_points_file_as_source(tmp_path, run_cli):
+    """--source pts.npz is a point source as make_dataset decides (it used to take the image path)."""
+    save_points(tmp_path / "p.npz", make_points("toy2d", 12))
+    code, out, err = run_cli(["data", "--source", tmp_path / "p.npz", "--size", "5", "--out", tmp_path / "o.npz"])
+    assert code == 0, err
+    np.testing.assert_array_equal(read_points(tmp_path / "o.npz").points, read_points(tmp_path / "p.npz").points[:5])

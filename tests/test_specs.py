@@ -102,3 +102,14 @@ def test_bad_engine_flags(tmp_path, run_cli, flags, flag):
     path = _write(tmp_path, BASE)
     code, _, err = run_cli(["sweep", path, "--out", tmp_path / "o", *flags])
     assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("mode,command", [("timescales", "diffmem timescales"), ("twosplit", "diffmem two-split")])
+def test_sweep_refuses_the_study_modes_before_writing(tmp_path, run_cli, mode, command):
+    """A study spec given to `diffmem sweep` is one line naming its own command; nothing is written."""
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'name = "s"\nmode = "{mode}"\n[data]\nsource = "digits"\nlabels = "none"\n'
+                    '[train]\npreset = "tiny"\nepochs = 1\nbatch = 4\n')
+    code, out, err = run_cli(["sweep", spec, "--out", tmp_path / "o"])
+    assert code == 2 and command in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

@@ -98,7 +98,8 @@ class Cell:
     train: TrainConfig | None  # None in modes that train nothing (UNTRAINED_MODES)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "knobs": self.knobs, "data": self.data.to_dict(), "train": self.train.to_dict()}
+        return {"name": self.name, "knobs": self.knobs, "data": self.data.to_dict(),
+                "train": None if self.train is None else self.train.to_dict()}
 
 
 @dataclass(frozen=True)

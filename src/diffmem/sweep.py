@@ -265,6 +265,9 @@ def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, 
 
     if engine not in ("local", "ray"):
         raise InputError(f"expected local or ray, got {engine!r}", param="engine")
+    if spec.mode not in ("runs", "emm"):  # the study modes have their own commands
+        command = {"twosplit": "two-split"}.get(spec.mode, spec.mode)
+        raise InputError(f"{spec.path}: mode {spec.mode} is run by `diffmem {command} SPEC`, not by a sweep")
     out = Path(out if out is not None else spec.name)
     cells = spec.cells()
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from diffmem.atomic import prepare_output
 from diffmem.data.io import write_dataset_zip
-from diffmem.data.points import is_point_source, save_points
+from diffmem.data.points import is_point_source, is_points_file, save_points
 from diffmem.data.spec import MAX_RESOLUTION, MIN_RESOLUTION, DataSpec, heldout_set, make_dataset
 from diffmem.errors import InputError
 
@@ -57,7 +57,7 @@ def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, d
     """Write a training set as an EDM-style dataset zip (PNGs + dataset.json)."""
     spec = DataSpec(source=source, size=size, resolution=resolution, labels=label_mode, classes=classes,
                     seed=seed, split=split, root=root, dim=dim)
-    if is_point_source(source):
+    if is_point_source(source) or is_points_file(source):  # as make_dataset decides
         if heldout_out is not None or heldout_size is not None:
             raise InputError(f"{source}: a point source; held-out sets are for image sources (draw fresh points "
                              f"with another --seed)", param="heldout_out" if heldout_out is not None else "heldout_size")

@@ -106,7 +106,12 @@ def open_streamed(path, *, memory_limit: int = DEFAULT_MEMORY_LIMIT, cache_dir=N
     if name.endswith(".npz"):
         return reader.npz()
     if name.endswith(".zip"):
-        return reader.pngs(*_zip_members(path, param))
+        try:
+            zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as err:
+            raise fail(param, path, f"not a readable zip archive ({err})") from None
+        with zf:  # closed once every member is decoded into the cache
+            return reader.pngs(*_zip_members(zf, path, param))
     from diffmem.data.io import load_image_set
 
     whole = load_image_set(path, what=what)
@@ -123,10 +128,9 @@ def _folder_members(folder: Path, param):
     return names, lambda n: folder / n, meta.read_bytes() if meta.is_file() else None
 
 
-def _zip_members(path: Path, param):
-    """PNG members of an EDM zip (sorted, ``__MACOSX/`` ignored), an opener, and dataset.json's bytes."""
+def _zip_members(zf: zipfile.ZipFile, path: Path, param):
+    """PNG members of an open EDM zip (sorted, ``__MACOSX/`` ignored), an opener, and dataset.json's bytes."""
     try:
-        zf = zipfile.ZipFile(path)
         names = sorted(n for n in zf.namelist() if n.lower().endswith(".png") and not n.startswith("__MACOSX/"))
         meta = zf.read("dataset.json") if "dataset.json" in zf.namelist() else None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as err:
