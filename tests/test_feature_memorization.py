@@ -169,7 +169,7 @@ def test_background_of_a_large_set_comes_from_a_seeded_subset(planted, monkeypat
     r = feature_memorization(train, gen, features="pixels", metric="l2", bootstrap=0, seed=3)
     full = np.sqrt(((train[:, None].astype(float) - train[None]) ** 2).reshape(len(train), len(train), -1).sum(-1))
     own = np.sort(full, 1)[:, 1] / 127.5
-    rows = np.sort(mm.numpy_rng(3, mm.BOOTSTRAP, 1).choice(len(train), 10, replace=False))
+    rows = np.sort(mm.numpy_rng(3, mm.SUBSET).choice(len(train), 10, replace=False))
     assert r.background["q0.5"] == pytest.approx(np.median(own[rows]), rel=1e-6)
     assert r.background["q0.5"] != pytest.approx(np.median(own), rel=1e-6)  # a subset, not the whole set
     again = feature_memorization(train, gen, features="pixels", metric="l2", bootstrap=0, seed=3)

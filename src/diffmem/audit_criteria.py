@@ -246,17 +246,14 @@ def extraction(ctx: AuditInputs) -> Criterion:
 def authenticity(ctx: AuditInputs) -> Criterion:
     """Alaa et al.'s per-sample rule (flags the inauthentic samples): the nearest training image r
     of each sample comes from the pixel criterion's search, and r's nearest *other* training image
-    from one exact k = 2 search of the distinct r against the training set (column 2; 0 for a
-    duplicated image), so the cost is O(M·N), not the O(N²) of measuring every training image."""
+    from :func:`~diffmem.metrics.copying.nearest_other_distance` (O(M·N), not O(N²))."""
     copying = _optional("diffmem.metrics.copying")
     if copying is None:
         return _skip("authenticity", "diffmem.metrics.copying is not installed")
     nb = ctx._found["pixel"]
     idx = nb.index[:, 0]
-    distinct, where = np.unique(idx, return_inverse=True)
-    own = knn(np.asarray(ctx.train.images[distinct]), ctx.train.images, k=2, memory_limit=ctx.memory_limit,
-              device=ctx.device)
-    d_gen, d_train = nb.dist[:, 0] * ctx.scale(), own.dist[where.reshape(-1), 1] * ctx.scale()
+    own = copying.nearest_other_distance(ctx.train.images, idx, memory_limit=ctx.memory_limit, device=ctx.device)
+    d_gen, d_train = nb.dist[:, 0] * ctx.scale(), own * ctx.scale()
     res = copying.AuthenticityResult(d_gen=d_gen, d_train=d_train, idx=idx, authentic=d_gen >= d_train)
     flags = ~res.authentic
     ci, _ = bootstrap_ci(flags, 1000, ctx.seed)

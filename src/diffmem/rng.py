@@ -14,7 +14,7 @@ import torch
 from diffmem.errors import InputError
 
 # Stream ids: one per kind of draw, so no two kinds share a seed.
-INIT, PERMUTATION, NOISE, DROPOUT, TRACK, SAMPLE, LABELS, BOOTSTRAP, POINTS, MEMBERSHIP = range(10)
+INIT, PERMUTATION, NOISE, DROPOUT, TRACK, SAMPLE, LABELS, BOOTSTRAP, POINTS, MEMBERSHIP, SUBSET = range(11)
 
 MAX_SEED = 2**63 - 1
 

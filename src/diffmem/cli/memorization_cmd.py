@@ -102,8 +102,7 @@ def _points(train_path, generated_path, threshold, tolerance, bootstrap, seed, d
     train, generated = load_data(train_path, what="train"), load_data(generated_path, what="generated")
     result = proximity(train, generated, tolerance=tolerance, threshold=threshold, bootstrap=bootstrap, seed=seed,
                        device=device)
-    summary = {"train": str(train_path), "generated": str(generated_path), "n_train": len(train),
-               "n_generated": len(generated), **result.summary()}
+    summary = {"train": str(train_path), "generated": str(generated_path), **result.summary()}
     if as_json:
         click.echo(json.dumps(summary, allow_nan=False))
         return

@@ -208,16 +208,26 @@ class AuthenticityResult:
                 f"other training image (inauthentic; lower authenticity = more copying)")
 
 
+def nearest_other_distance(train, rows: np.ndarray, *, memory_limit: int = DEFAULT_MEMORY_LIMIT,
+                           device=None) -> np.ndarray:
+    """(len(rows),) distance from each training image ``train[rows[i]]`` to its nearest *other*
+    training image (0 for a duplicated image), in ``train``'s units. Only the distinct rows are
+    searched (exact k = 2, column 2), so the cost is O(len(distinct rows) · N), not O(N²)."""
+    distinct, where = np.unique(rows, return_inverse=True)
+    own = knn(np.asarray(train[distinct]), train, k=2, memory_limit=memory_limit, device=device)
+    return own.dist[where.reshape(-1), 1]
+
+
 def authenticity(train, generated, *, memory_limit: int = DEFAULT_MEMORY_LIMIT, device=None) -> AuthenticityResult:
     """Alaa et al.'s per-sample authenticity of ``generated`` against ``train`` (ImageSets, arrays or
     tensors, (N, ...) and (M, ...) of equal per-image size; at least 2 training images).
 
-    The training set's own nearest-other distances come from one exact k = 2 search of the training
-    set against itself (column 2: the nearest *other* image, 0 for a duplicated image)."""
+    Each sample's nearest training image r comes from one exact search, r's nearest *other*
+    training image from :func:`nearest_other_distance`."""
     t_pix, g_pix, _, _ = image_pair(train, generated, min_train=2, needs="authenticity")
     t_u, g_u, scale = _common_units(t_pix, g_pix)
     gen_nb = knn(g_u, t_u, k=1, memory_limit=memory_limit, device=device)
-    self_nb = knn(t_u, t_u, k=2, memory_limit=memory_limit, device=device)
     idx = gen_nb.index[:, 0]
-    d_gen, d_train = gen_nb.dist[:, 0] * scale, self_nb.dist[idx, 1] * scale
+    d_train = nearest_other_distance(t_u, idx, memory_limit=memory_limit, device=device)
+    d_gen, d_train = gen_nb.dist[:, 0] * scale, d_train * scale
     return AuthenticityResult(d_gen=d_gen, d_train=d_train, idx=idx, authentic=d_gen >= d_train)

@@ -242,8 +242,9 @@ def train_classifier(source: str, resolution: int | None = None, *, epochs: int 
     train, test = _classifier_data(source, resolution)
     epochs = epochs or _EPOCHS.get(source, 5)
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = SmallCNN(train.shape[0], int(train.labels.max()) + 1, train.shape[1]).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, the caller's global RNG untouched
+        torch.manual_seed(seed)
+        net = SmallCNN(train.shape[0], int(train.labels.max()) + 1, train.shape[1]).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     x, y = torch.from_numpy(train.to_model()), torch.from_numpy(train.labels)
     start = time.perf_counter()

@@ -25,7 +25,7 @@ import torch
 from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.errors import InputError, check_number
 from diffmem.metrics.neighbors import DEFAULT_MEMORY_LIMIT, knn
-from diffmem.rng import BOOTSTRAP, check_seed, numpy_rng
+from diffmem.rng import BOOTSTRAP, SUBSET, check_seed, numpy_rng
 
 DEFAULT_THRESHOLD = 1.0 / 3.0
 #: At most this many bootstrap resamples (each is one binomial draw; 10**7 of them take ~1 s and
@@ -320,7 +320,7 @@ def feature_memorization(
         e_t, e_g = _unit_rows(e_t, "training", extractor), _unit_rows(e_g, "generated", extractor)
     nb = knn(e_g, e_t, k=2, memory_limit=memory_limit, device=device, progress=progress)
     rows = np.arange(len(e_t)) if len(e_t) <= BACKGROUND_ROWS else \
-        np.sort(numpy_rng(seed, BOOTSTRAP, 1).choice(len(e_t), BACKGROUND_ROWS, replace=False))
+        np.sort(numpy_rng(seed, SUBSET).choice(len(e_t), BACKGROUND_ROWS, replace=False))
     own = knn(e_t[rows], e_t, k=2, memory_limit=memory_limit, device=device).dist[:, 1]  # nearest *other*
     memorized = is_memorized(nb.dist[:, 0], nb.dist[:, 1], threshold)
     ci95, stderr = bootstrap_ci(memorized, bootstrap, seed) if bootstrap else (None, None)
