@@ -22,8 +22,8 @@ from pathlib import Path
 
 from diffmem.atomic import write_json
 from diffmem.errors import InputError, check_number
+from diffmem.runs import GUARD_FILE
 
-GUARD_FILE = "guard.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,24 +54,6 @@ def guard_check(loop, result: dict | None) -> dict | None:
     if loop.rank == 0:
         write_json(loop.out / GUARD_FILE, stop)
     return stop
-
-
-def read_stop(run) -> dict | None:
-    """The guard's stop record of a run folder (None: it was not stopped)."""
-    path = Path(run) / GUARD_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def with_stop(run, summary: dict) -> dict:
-    """The run's summary with ``stopped`` (the guard's record or None), rewritten to summary.json."""
-    from diffmem.runs import SUMMARY_FILE
-
-    summary = {**summary, "stopped": read_stop(run)}
-    write_json(Path(run) / SUMMARY_FILE, summary)
-    return summary
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from diffmem.errors import InputError
 SNAPSHOT_FORMAT = "diffmem-snapshot/1"
 CONFIG_FILE, STATE_FILE, SUMMARY_FILE = "config.json", "state.pt", "summary.json"
 STATS_FILE, TRACK_FILE = "stats.jsonl", "memorization.jsonl"
+GUARD_FILE = "guard.json"  # why and when the memorization guard stopped the run (diffmem.guard)
 _SNAPSHOT_RE = re.compile(r"^snapshot-epoch(\d+)\.safetensors$")
 
 
@@ -138,20 +139,34 @@ def load_state(path: Path, device="cpu") -> dict:
 # Summary and loading.
 
 
+def read_stop(run) -> dict | None:
+    """The memorization guard's stop record of a run folder (None: it was not stopped)."""
+    try:
+        return json.loads((Path(run) / GUARD_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def write_summary(run: Path) -> dict:
-    """``summary.json``: the memorization curve, its maximum, the snapshots and the last loss."""
+    """``summary.json``: the steps and epochs trained (fewer than planned when the guard stopped the
+    run: ``stopped`` holds its record), the memorization curve, its maximum, the snapshots and the
+    last loss."""
     run = Path(run)
     record = read_record(run)
     curve, stats = read_jsonl(run / TRACK_FILE), read_jsonl(run / STATS_FILE)
     best = max(curve, key=lambda r: r["ratio"]) if curve else None
+    stop = read_stop(run)
+    steps = stop["step"] if stop else record["total_steps"]
     summary = dict(
-        steps=record["total_steps"], epochs=record["total_epochs"], num_images=record["num_images"],
+        steps=steps, epochs=steps * record["batch"] / record["num_images"] if stop else record["total_epochs"],
+        num_images=record["num_images"],
         parameters=record.get("parameters"), final_loss=stats[-1]["loss"] if stats else None,
         snapshots=[p.name for _, p in list_snapshots(run)],
         memorization_curve=[dict(epoch=r["epoch"], step=r["step"], ratio=r["ratio"], ci95=r["ci95"]) for r in curve],
         max_memorization_ratio=best["ratio"] if best else None,
         max_memorization_epoch=best["epoch"] if best else None,
         final_memorization_ratio=curve[-1]["ratio"] if curve else None,
+        stopped=stop,
     )
     write_json(run / SUMMARY_FILE, summary)
     return summary

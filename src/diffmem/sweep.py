@@ -84,12 +84,10 @@ def run_row(folder: Path) -> dict:
     best = max(curve, key=lambda r: r["ratio"]) if curve else None
     onset = next((r["epoch"] for r in curve if r["ratio"] >= MEMORIZATION_ONSET), None)
     timing = folder / TIMING_FILE
-    stopped = summary.get("stopped")  # a guard-stopped run: the steps it trained, not the planned ones
     return dict(max_ratio=best["ratio"] if best else None, ci_lo=best["ci95"][0] if best else None,
                 ci_hi=best["ci95"][1] if best else None, max_ratio_epoch=best["epoch"] if best else None,
-                first_memorization_epoch=onset, final_loss=summary["final_loss"],
-                epochs=stopped["epoch"] if stopped else summary["epochs"],
-                steps=stopped["step"] if stopped else summary["steps"], stopped_by_guard=bool(stopped),
+                first_memorization_epoch=onset, final_loss=summary["final_loss"], epochs=summary["epochs"],
+                steps=summary["steps"], stopped_by_guard=bool(summary.get("stopped")),
                 num_images=summary["num_images"], parameters=summary["parameters"],
                 wall_time_s=round(json.loads(timing.read_text())["seconds"], 1) if timing.exists() else None)
 

@@ -45,9 +45,10 @@ from diffmem.errors import InputError
 from diffmem.losses import LOSSES
 from diffmem.rng import DROPOUT, INIT, NOISE, derive_seed, generator
 from diffmem.runs import (CONFIG_FILE, STATE_FILE, STATS_FILE, TRACK_FILE, append_jsonl, load_state, read_record,
-                          save_snapshot, save_state, snapshot_name, truncate_jsonl, write_record, write_summary)
+                          read_stop, save_snapshot, save_state, snapshot_name, truncate_jsonl, write_record,
+                          write_summary)
 from diffmem.schedules import ema_beta, global_batch_indices, learning_rate, update_ema
-from diffmem.guard import guard_check, read_stop, with_stop
+from diffmem.guard import guard_check
 from diffmem.tracking import track_memorization
 
 
@@ -111,7 +112,7 @@ def train(config: TrainConfig, data, out, *, resume: bool = False, progress: boo
         loop, started_dist = _set_up(config, data, Path(out), resume)
         loop.stopped = read_stop(loop.out) if resume else None  # a guard-stopped run trains no further
         _run(loop, progress, log)
-        summary = with_stop(loop.out, write_summary(loop.out)) if loop.rank == 0 else None
+        summary = write_summary(loop.out) if loop.rank == 0 else None
         _barrier(loop.world_size)
         return summary
     finally:
