@@ -119,10 +119,12 @@ def parse_settings(spec: Spec) -> RegularizationSettings:
 
 
 def measure_strength(train, kind: str, strength: float, settings: RegularizationSettings,
-                     device: str = "cpu", log_strength: float | None = None) -> tuple[dict, np.ndarray]:
+                     device: str = "cpu", log_strength: float | None = None,
+                     diameter: float | None = None) -> tuple[dict, np.ndarray]:
     """Sample the optimum of ``train`` (PointCloud or ImageSet) regularized by ``(kind, strength)``
     and measure the samples. Returns the row (``kind``, ``strength``, ``log_strength`` and
-    :meth:`~diffmem.metrics.proximity.ProximityResult.summary`) and the samples, float32 (num, ...)."""
+    :meth:`~diffmem.metrics.proximity.ProximityResult.summary`) and the samples, float32 (num, ...).
+    ``diameter``: the training set's (:func:`diameter_of`), when the caller measures several strengths."""
     points = isinstance(train, PointCloud)
     y = train.to_model()
     if log_strength is None or not math.isfinite(log_strength):
@@ -137,10 +139,15 @@ def measure_strength(train, kind: str, strength: float, settings: Regularization
                      bootstrap=settings.bootstrap, seed=settings.seed, device=device)
     # Samples farther from every training sample than the set's diameter were never denoised
     # (a strong EB floor leaves them at the σ_max scale): neither copies nor new data.
-    diameter = float(pdist(y.reshape(len(y), -1).astype(np.float64)).max())
+    diameter = diameter_of(y) if diameter is None else diameter
     undenoised = float(np.mean(near.d1 > diameter))
     return {"kind": kind, "strength": strength, "log_strength": log_strength, **near.summary(),
             "fraction_beyond_diameter": undenoised}, x
+
+
+def diameter_of(y: np.ndarray) -> float:
+    """The largest distance between two training samples (model space), an O(n² d) pass."""
+    return float(pdist(y.reshape(len(y), -1).astype(np.float64)).max())
 
 
 def run_cell(cell: Cell, settings: RegularizationSettings, folder: Path, device: str = "cpu", log=None) -> list[dict]:
@@ -156,8 +163,9 @@ def run_cell(cell: Cell, settings: RegularizationSettings, folder: Path, device:
                          f"use a new output folder or restore the spec")
     train = make_dataset(cell.data)
     rows, samples = [], []
+    diameter = diameter_of(train.to_model())
     for kind, strength, log_strength in settings.strengths():
-        row, x = measure_strength(train, kind, strength, settings, device, log_strength)
+        row, x = measure_strength(train, kind, strength, settings, device, log_strength, diameter)
         rows.append({"cell": cell.name, **cell.knobs, **row})
         samples.append((kind, strength, x))
         if log is not None:

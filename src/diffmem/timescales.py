@@ -200,11 +200,11 @@ def point_time(point: dict, unit: str) -> float:
 # Measuring snapshots.
 
 
-def quality_space(features: str, heldout, source: str | None = None):
+def quality_space(features: str, heldout, source: str | None = None, device: str = "cpu"):
     """(extractor, held-out features): the FD's feature space and the held-out side of it."""
     from diffmem.metrics.features import load_features
 
-    extractor = load_features(features, reference=heldout, source=source)
+    extractor = load_features(features, reference=heldout, source=source, device=device)
     return extractor, extractor.embed(heldout)
 
 
@@ -245,7 +245,7 @@ def measure_run(folder, train_set, heldout, settings: TimescaleSettings, *, sour
     done = {p["epoch"]: p for p in stored["points"]} if stored.get("settings") == settings.measurement() else {}
     todo = [(e, p) for e, p in list_snapshots(folder) if e not in done]
     if todo:
-        extractor, heldout_features = quality_space(settings.features, heldout, source)
+        extractor, heldout_features = quality_space(settings.features, heldout, source, device)
         for epoch, path in todo:
             done[epoch] = measure_snapshot(path, train_set, extractor, heldout_features, settings, device)
             write_json(folder / CURVE_FILE, dict(settings=settings.measurement(),

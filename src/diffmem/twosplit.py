@@ -34,8 +34,6 @@ runs and drawn samples (a folder holding another spec's two-split is refused).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -44,15 +42,16 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.atomic import write_json, write_npz, write_text
+from diffmem.atomic import write_json, write_npz
 from diffmem.config import TrainConfig
 from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.errors import InputError, check_number
 from diffmem.rng import PERMUTATION, check_seed, numpy_rng
 from diffmem.specs import mode_settings
+from diffmem.sweep import write_table  # results.json and results.csv
 
-SPEC_FILE, TABLE_JSON, TABLE_CSV = "twosplit.json", "results.json", "results.csv"
+SPEC_FILE = "twosplit.json"
 SPLIT_KEY = 2**40  # key of the split's draws in the PERMUTATION stream (training uses keys = epochs)
 FIGURES = ("similarity.png", "distance.png", "pairs.png")
 
@@ -309,15 +308,15 @@ def run_twosplit(plan: TwoSplitPlan, out, *, workers: int = 1, threads: int | No
     jobs = [(f"n={n}/{side}", job_half, (half_config(plan, n, side), half, str(n_folder(out, n) / side),
                                          str(n_folder(out, n) / f"samples-{side}.npz"), settings))
             for n, both in pairs.items() for side, half in zip("ab", both)]
-    done = set()
+    done, measured = set(), {}
     for key, _ in run_local(jobs, workers=workers, threads=threads or default_threads(workers)):
         done.add(key)
         n = int(key[2:].split("/")[0])
         if {f"n={n}/a", f"n={n}/b"} <= done and log is not None:
-            row = measure_n(out, n, *pairs[n], center)
+            row = measured[n] = measure_n(out, n, *pairs[n], center)
             log(f"n = {n}: cos(A, B) {row['cos_ab']:.3f}, cos to own nearest {row['cos_own']:.3f}, "
                 f"memorized (own half) {row['mem_own']:.3f}, pairs closer than any training image {row['pair_closer']:.3f}")
-    rows = [measure_n(out, n, *pairs[n], center) for n in settings.sizes]
+    rows = [measured[n] if n in measured else measure_n(out, n, *pairs[n], center) for n in settings.sizes]
     write_table(out, rows)
     write_figures(out, rows, pairs)
     return TwoSplitResult(out, rows)
@@ -333,16 +332,6 @@ def measure_n(out: Path, n: int, half_a: ImageSet, half_b: ImageSet, center: np.
 def _wall_time(folder: Path) -> float | None:
     times = [json.loads(p.read_text())["seconds"] for p in (folder / s / "wall_time.json" for s in "ab") if p.exists()]
     return round(sum(times), 1) if times else None
-
-
-def write_table(out: Path, rows: list[dict]) -> None:
-    """``results.json`` (strict JSON) and ``results.csv``: one row per n."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-    write_text(out / TABLE_CSV, buffer.getvalue())
-    write_json(out / TABLE_JSON, rows, allow_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ def twosplit_cmd(spec, out, workers, threads):
     from diffmem.atomic import prepare_output
     from diffmem.errors import check_number
     from diffmem.specs import parse_spec
-    from diffmem.twosplit import TABLE_CSV, plan_from_spec, run_twosplit
+    from diffmem.sweep import TABLE_CSV
+    from diffmem.twosplit import plan_from_spec, run_twosplit
 
     workers = check_number("workers", workers, lo=1, hi=1024, integer=True)
     if threads is not None:
