@@ -200,7 +200,7 @@ def _finish(ctx: AuditInputs, gate: str, fail_above: float | None, out: Path | N
     if out is not None:
         from diffmem.audit_report import write_audit
 
-        result.files = write_audit(result, ctx, out, samples=ctx.generated if ctx.denoiser is not None else None)
+        write_audit(result, ctx, out, samples=ctx.generated if ctx.denoiser is not None else None)  # sets result.files
     return result
 
 

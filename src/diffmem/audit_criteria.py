@@ -34,11 +34,14 @@ from tqdm.auto import tqdm
 from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.data.stream import StreamedSet, chunk_rows
 from diffmem.errors import InputError
-from diffmem.metrics.memorization import bootstrap_ci, is_memorized
+from diffmem.metrics import copying as copying_metrics
+from diffmem.metrics import extraction as extraction_metrics
+from diffmem.metrics import membership as membership_metrics
+from diffmem.metrics.memorization import DEFAULT_SIMILARITY_THRESHOLD, bootstrap_ci, is_memorized
 from diffmem.metrics.neighbors import knn
 
 #: Somepalli et al. (DCR) call a generation a replication when its similarity exceeds 0.5.
-REPLICATION_SIMILARITY = 0.5
+REPLICATION_SIMILARITY = DEFAULT_SIMILARITY_THRESHOLD
 
 
 @dataclass
@@ -168,18 +171,6 @@ def _embed(extractor, images: np.ndarray, k: int | None) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _optional(module: str):
-    """A metric module built beside the audit, or None when this install lacks it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-        return None
-
-
 def _skip(name: str, why: str) -> Criterion:
     return Criterion(name, False, f"{name}: skipped, {why}")
 
@@ -231,9 +222,7 @@ def replication(ctx: AuditInputs) -> Criterion:
 
 def extraction(ctx: AuditInputs) -> Criterion:
     """Carlini et al.'s adaptive distance, with the most-copied table as a figure."""
-    ex = _optional("diffmem.metrics.extraction")
-    if ex is None:
-        return _skip("extraction", "diffmem.metrics.extraction is not installed")
+    ex = extraction_metrics
     res = ex.extraction(as_image_set(ctx.train), ctx.gen_units(), tiles=ctx.tiles, memory_limit=ctx.memory_limit,
                         device=ctx.device, progress=ctx.progress)
     ci, _ = bootstrap_ci(res.extracted, 1000, ctx.seed)
@@ -247,9 +236,7 @@ def authenticity(ctx: AuditInputs) -> Criterion:
     """Alaa et al.'s per-sample rule (flags the inauthentic samples): the nearest training image r
     of each sample comes from the pixel criterion's search, and r's nearest *other* training image
     from :func:`~diffmem.metrics.copying.nearest_other_distance` (O(M·N), not O(N²))."""
-    copying = _optional("diffmem.metrics.copying")
-    if copying is None:
-        return _skip("authenticity", "diffmem.metrics.copying is not installed")
+    copying = copying_metrics
     nb = ctx._found["pixel"]
     idx = nb.index[:, 0]
     own = copying.nearest_other_distance(ctx.train.images, idx, memory_limit=ctx.memory_limit, device=ctx.device)
@@ -265,9 +252,7 @@ def copying(ctx: AuditInputs) -> Criterion:
     """Meehan et al.'s C_T (needs held-out images; k-means on the whole training set in memory)."""
     if ctx.heldout is None:
         return _skip("copying", "needs held-out images (--heldout)")
-    cp = _optional("diffmem.metrics.copying")
-    if cp is None:
-        return _skip("copying", "diffmem.metrics.copying is not installed")
+    cp = copying_metrics
     need = len(ctx.train) * int(np.prod(ctx.train.shape)) * 8
     if need > ctx.memory_limit:
         return _skip("copying", f"its k-means cells need the training set in memory as float64 "
@@ -288,15 +273,11 @@ def membership(ctx: AuditInputs) -> Criterion:
         return _skip("membership", "needs a model, not samples")
     if ctx.heldout is None:
         return _skip("membership", "needs held-out images (--heldout)")
-    mm = _optional("diffmem.metrics.membership")
-    if mm is None:
-        return _skip("membership", "diffmem.metrics.membership is not installed")
+    mm = membership_metrics
     members = _member_subset(ctx)
     res = mm.membership(ctx.denoiser, members, as_image_set(ctx.heldout), method=ctx.membership_method,
                         seed=ctx.seed, device=ctx.device)
-    figs = []
-    if hasattr(mm, "roc_figure"):
-        figs.append(("Membership inference ROC (training vs held-out)", lambda: mm.roc_figure(res)))
+    figs = [("Membership inference ROC (training vs held-out)", lambda: mm.roc_figure(res))]
     return Criterion("membership", True, res.explain(), summary=res.summary(), figures=figs)
 
 

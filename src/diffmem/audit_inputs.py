@@ -73,18 +73,11 @@ def is_model_path(path: Path) -> bool:
 
 
 def load_model(path: Path, *, device: str, allow_pickle: bool = False):
-    """The denoiser at ``path`` (through the adapters when installed; a diffmem run folder otherwise)."""
-    try:
-        from diffmem.denoisers.adapters import load_denoiser
-    except ImportError:
-        load_denoiser = None
-    if load_denoiser is not None:
-        return load_denoiser(path, device=device, allow_pickle=allow_pickle)
-    from diffmem.runs import load_run
+    """The denoiser at ``path``: a diffmem run or snapshot, a diffusers folder or a TorchScript file
+    (:func:`~diffmem.denoisers.adapters.load_denoiser`)."""
+    from diffmem.denoisers.adapters import load_denoiser
 
-    if path.is_dir() and (path / "config.json").is_file():
-        return load_run(path, device=device, param="model").denoiser
-    raise InputError(f"{path}: diffusers and TorchScript models need diffmem.denoisers.adapters", param="model")
+    return load_denoiser(path, device=device, allow_pickle=allow_pickle)
 
 
 def draw(D, num: int, *, seed: int, steps: int, device: str, progress: bool) -> np.ndarray:

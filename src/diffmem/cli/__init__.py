@@ -66,11 +66,5 @@ from diffmem.cli.train_cmd import train_cmd  # noqa: E402
 from diffmem.cli.twosplit_cmd import twosplit_cmd  # noqa: E402
 
 for _command in (data_cmd, memorization_cmd, sample_cmd, train_cmd, emm_cmd, sweep_cmd, report_cmd, demo_cmd, audit_cmd,
-                 twosplit_cmd):
+                 twosplit_cmd, regularization_cmd, quality_cmd, rf_cmd, membership_cmd, timescales_cmd, select_cmd):
     main.add_command(_command)
-main.add_command(regularization_cmd)
-main.add_command(quality_cmd)
-main.add_command(rf_cmd)
-main.add_command(membership_cmd)
-main.add_command(timescales_cmd)
-main.add_command(select_cmd)
