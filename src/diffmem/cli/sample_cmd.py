@@ -15,7 +15,7 @@ from diffmem.cli.options import resolve_device
 from diffmem.data.imageset import to_uint8
 from diffmem.data.io import save_npz, write_dataset_zip, write_png_folder
 from diffmem.data.labels import conditioning_labels
-from diffmem.data.points import PointCloud, load_data, save_points
+from diffmem.data.points import load_data, save_points
 from diffmem.denoisers.optimal import OptimalDenoiser, parse_regularize_flag
 from diffmem.errors import InputError
 from diffmem.rng import check_seed
@@ -68,7 +68,7 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
             raise InputError("--optimal needs the training set", param="train")
         train = load_data(train_path, what="--train")
         lab = conditioning_labels(labels, num, train.num_classes, seed, train_labels=train.labels)
-        D = OptimalDenoiser(train.to_model() if isinstance(train, PointCloud) else train, train.labels,
+        D = OptimalDenoiser(train, train.labels,
                             conditional=lab is not None, regularize=parse_regularize_flag(regularize),
                             device=device)
         source = {"optimal": str(train_path), "regularize": regularize}

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from diffmem.data.imageset import ImageSet
+from diffmem.data.points import PointCloud
 from diffmem.errors import InputError
 
 
@@ -62,7 +63,7 @@ class OptimalDenoiser:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float64,
     ):
-        if isinstance(train, ImageSet):
+        if isinstance(train, (ImageSet, PointCloud)):
             labels = train.labels if labels is None else labels
             train = train.images
         y = torch.as_tensor(train)
@@ -86,11 +87,11 @@ class OptimalDenoiser:
             self.class_slice = {int(c): slice(e - k, e) for c, k, e in zip(classes.tolist(), counts.tolist(), ends)}
         self.y = y
         self.y_sq = torch.linalg.vector_norm(y, dim=1).square()  # ‖y_i‖², without a (n, d) temporary
-        self.kind, self.strength = _parse_regularizer(regularize)
-        if self.kind == "log_eb":  # the floor given as ln τ: floors below e^-745 underflow as floats
-            self.kind, self.log_tau, self.strength = "eb", self.strength, math.exp(self.strength)
-        elif self.kind == "eb":
-            self.log_tau = math.log(self.strength)
+        self.kind, value = _parse_regularizer(regularize)
+        self.c = value if self.kind == "tikhonov" else None  # Tikhonov strength
+        self.log_tau = None  # the EB floor as ln τ (floors below e^-745 underflow as floats)
+        if self.kind in ("eb", "log_eb"):
+            self.kind, self.log_tau = "eb", value if self.kind == "log_eb" else math.log(value)
         self.chunk = chunk
         self.device, self.dtype = torch.device(device), dtype
         self.cutoff = math.log(torch.finfo(dtype).tiny) + 20.0  # see _denoise
@@ -141,7 +142,7 @@ class OptimalDenoiser:
             run_max = new_max
         x_bar = acc / run_sum  # D*(x; σ)
         if self.kind == "tikhonov":
-            c, var = self.strength, sigma[:, None] ** 2
+            c, var = self.c, sigma[:, None] ** 2
             return (c * x + var * x_bar) / (var + c)
         if self.kind == "eb":
             d = x.shape[1]
