@@ -14,7 +14,8 @@ from diffmem.data.points import is_points_file, load_data
 from diffmem.errors import InputError, check_number
 from diffmem.metrics.features import parse_features
 from diffmem.metrics.memorization import (
-    DEFAULT_SIMILARITY_THRESHOLD, MAX_BOOTSTRAP, METRICS, feature_memorization, memorization,
+    DEFAULT_SIMILARITY_THRESHOLD, MAX_BOOTSTRAP, METRICS, FeatureMemorizationResult, feature_memorization,
+    memorization,
 )
 from diffmem.metrics.proximity import DEFAULT_TOLERANCE, proximity
 from diffmem.rng import check_seed
@@ -81,13 +82,13 @@ def memorization_cmd(train_path, generated_path, threshold, out_dir, as_json, me
         click.echo(json.dumps(summary, allow_nan=False))
         return
     ci = "" if result.ci95 is None else f" (95% CI {result.ci95[0]:.4f}-{result.ci95[1]:.4f})"
-    space = f" in {result.features} space ({result.metric})" if hasattr(result, "features") else ""
+    space = f" in {result.features} space ({result.metric})" if isinstance(result, FeatureMemorizationResult) else ""
     click.echo(
         f"memorization ratio{space} {result.ratio:.4f}{ci}: "
         f"{int(result.memorized.sum())} of {result.n_generated} generated images copy one of "
         f"{result.n_train} training images (d1/d2 < {threshold:.4g})"
     )
-    if hasattr(result, "explain"):
+    if result.explain():
         click.echo(result.explain())
     if out:
         click.echo(f"wrote {', '.join(str(out / name) for name in OUTPUTS)}")
@@ -115,9 +116,6 @@ def _write_outputs(out, result, generated, train, summary: dict) -> None:
     ``summary.json``."""
     from diffmem.plots import save_neighbor_grid
 
-    per_sample = result.per_sample() if hasattr(result, "per_sample") else dict(
-        d1=result.d1, d2=result.d2, idx1=result.idx1, idx2=result.idx2, memorized=result.memorized,
-        nn_ratio=result.nn_ratio)
-    write_npz(out / "neighbors.npz", **per_sample)
+    write_npz(out / "neighbors.npz", **result.per_sample())
     save_neighbor_grid(out / "neighbors.png", generated.images, train.images, result)
     write_json(out / "summary.json", summary, allow_nan=False)

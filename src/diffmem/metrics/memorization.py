@@ -70,6 +70,15 @@ class MemorizationResult:
             r = self.d1 / self.d2
         return np.where(self.d1 == 0, 0.0, r)
 
+    def per_sample(self) -> dict:
+        """(M,) arrays for a per-sample CSV/npz: d1, d2, idx1, idx2, memorized, nn_ratio."""
+        return {"d1": self.d1, "d2": self.d2, "idx1": self.idx1, "idx2": self.idx2,
+                "memorized": self.memorized, "nn_ratio": self.nn_ratio}
+
+    def explain(self) -> str:
+        """A line beyond the ratio itself ("" in pixel space; feature spaces add their rules)."""
+        return ""
+
     def summary(self) -> dict:
         """A JSON-ready dict (no NaN anywhere: ``ci95`` and ``stderr`` are None without a bootstrap)."""
         return {
@@ -232,8 +241,7 @@ class FeatureMemorizationResult(MemorizationResult):
 
     def per_sample(self) -> dict:
         """(M,) arrays for a per-sample CSV/npz."""
-        out = {"d1": self.d1, "d2": self.d2, "idx1": self.idx1, "idx2": self.idx2,
-               "memorized": self.memorized, "nn_ratio": self.nn_ratio}
+        out = super().per_sample()
         if self.similarity is not None:
             out.update(similarity=self.similarity, replicated=self.replicated)
         return out
