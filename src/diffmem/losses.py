@@ -102,6 +102,15 @@ def loss_noise(seed: int, index: int, sigma_index: int, shape) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=g, dtype=torch.float32)
 
 
+def check_sigmas(sigmas) -> np.ndarray:
+    """``sigmas`` as a (S,) float64 array of one or more finite positive noise levels, else an
+    InputError naming ``sigmas``."""
+    sig = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
+    if sig.ndim != 1 or len(sig) == 0 or not (np.isfinite(sig).all() and (sig > 0).all()):
+        raise InputError(f"must be one or more finite positive noise levels, got {sigmas!r}", param="sigmas")
+    return sig
+
+
 def per_image_loss(D, images, sigmas, *, labels=None, seed: int = 0, batch: int = 256, device="cpu") -> np.ndarray:
     """Unweighted denoising loss of every image at every σ: float64 array (N, S).
 
@@ -113,9 +122,7 @@ def per_image_loss(D, images, sigmas, *, labels=None, seed: int = 0, batch: int 
     levels. ``labels``: None or N class indices. Evaluated in batches of ``batch`` on ``device``.
     """
     y_all, set_labels = as_model_images(images)
-    sig = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
-    if sig.ndim != 1 or len(sig) == 0 or not (np.isfinite(sig).all() and (sig > 0).all()):
-        raise InputError(f"must be one or more finite positive noise levels, got {sigmas!r}", param="sigmas")
+    sig = check_sigmas(sigmas)
     seed, batch = check_seed(seed), check_number("batch", batch, lo=1, integer=True)
     if labels is None and getattr(D, "num_classes", None):
         labels = set_labels

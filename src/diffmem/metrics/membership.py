@@ -37,7 +37,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from diffmem.errors import InputError, check_number
-from diffmem.losses import as_model_images, per_image_loss
+from diffmem.losses import as_model_images, check_sigmas, per_image_loss
 from diffmem.rng import BOOTSTRAP, check_seed, numpy_rng
 
 METHODS = ("loss", "secmi")
@@ -193,9 +193,7 @@ def membership(D, train, heldout, *, sigmas=None, method: str = "loss", seed: in
     if method not in METHODS:
         raise InputError(f"unknown method {method!r} (use one of {', '.join(METHODS)})", param="method")
     bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=100_000, integer=True)
-    sig = np.atleast_1d(np.asarray(DEFAULT_SIGMAS[method] if sigmas is None else sigmas, dtype=np.float64))
-    if sig.ndim != 1 or len(sig) == 0 or not (np.isfinite(sig).all() and (sig > 0).all()):
-        raise InputError(f"must be one or more finite positive noise levels, got {sigmas!r}", param="sigmas")
+    sig = check_sigmas(DEFAULT_SIGMAS[method] if sigmas is None else sigmas)
     for images, param in ((train, "train"), (heldout, "heldout")):
         if getattr(D, "num_classes", None) and getattr(images, "labels", None) is None:
             raise InputError(f"the model is class-conditional ({D.num_classes} classes): the images need labels",
