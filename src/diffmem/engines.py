@@ -19,9 +19,21 @@ import os
 import signal
 from typing import Callable, Iterable, Iterator
 
-from diffmem.errors import InputError
+from diffmem.errors import InputError, check_number
 
 Job = tuple[str, Callable, tuple]
+
+
+MAX_WORKERS = 1024  # processes (or threads per process) one command may ask for
+
+
+def check_pool(workers: int, threads: int | None) -> tuple[int, int | None]:
+    """``workers`` (≥ 1) and ``threads`` per worker (≥ 1, or None: :func:`default_threads`),
+    validated; errors name the parameter."""
+    workers = check_number("workers", workers, lo=1, hi=MAX_WORKERS, integer=True)
+    if threads is not None:
+        threads = check_number("threads", threads, lo=1, hi=MAX_WORKERS, integer=True)
+    return workers, threads
 
 
 def default_threads(workers: int) -> int:

@@ -297,11 +297,12 @@ def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = No
     (default: the spec's name): the per-n runs on a local pool of ``workers`` processes, then the
     analysis (:func:`analyze`), the tables and the figures. Returns the analysis."""
     from diffmem.engines import default_threads, run_local
+    from diffmem.engines import check_pool
     from diffmem.specs import Spec, parse_spec
 
     spec = spec if isinstance(spec, Spec) else parse_spec(spec, mode="timescales")
     settings = settings_of(spec)
-    workers = check_number("workers", workers, lo=1, hi=256, integer=True)
+    workers, threads = check_pool(workers, threads)
     out = Path(out if out is not None else spec.name)
     cells = spec.cells()
     heldout = _heldout(spec, max(cells, key=lambda c: c.data.size).data, settings.heldout)

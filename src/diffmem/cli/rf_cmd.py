@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import click
+from diffmem.engines import check_pool
 
 
 @click.command("random-features")
@@ -14,12 +15,9 @@ import click
 def rf_cmd(spec, out, workers, threads):
     """Random-features score model at one diffusion time: train/test loss, score error and the gap's
     onset over psi_n = n/d and psi_p = p/d (SPEC: TOML with name and [rf])."""
-    from diffmem.errors import check_number
     from diffmem.rf_study import RESULTS_JSON, parse_rf_spec, run_rf_study
 
-    workers = check_number("workers", workers, lo=1, hi=1024, integer=True)
-    if threads is not None:
-        threads = check_number("threads", threads, lo=1, hi=1024, integer=True)
+    workers, threads = check_pool(workers, threads)
     name, settings = parse_rf_spec(spec)
     record = run_rf_study(name, settings, out, workers=workers, threads=threads,
                           log=lambda line: click.echo(line, err=True))

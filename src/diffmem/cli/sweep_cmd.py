@@ -8,6 +8,7 @@ import sys
 import click
 
 from diffmem.errors import check_number
+from diffmem.engines import check_pool
 
 ENGINE_OPTIONS = [
     click.option("--out", default=None, help="Output folder [a folder named after the spec, here]."),
@@ -28,9 +29,7 @@ def _engine_options(fn):
 
 
 def _engine(workers, threads, engine, address, gpus, progress) -> dict:
-    workers = check_number("workers", workers, lo=1, hi=1024, integer=True)
-    if threads is not None:
-        threads = check_number("threads", threads, lo=1, hi=1024, integer=True)
+    workers, threads = check_pool(workers, threads)
     gpus = check_number("gpus", gpus, lo=0)
     return dict(engine=engine, workers=workers, threads=threads, address=address, gpus=gpus,
                 progress=sys.stderr.isatty() if progress is None else progress,

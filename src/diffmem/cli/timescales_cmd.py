@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from diffmem.errors import check_number
+from diffmem.engines import check_pool
 
 
 @click.command("timescales")
@@ -18,9 +18,7 @@ def timescales_cmd(spec, out, workers, threads):
     from diffmem.specs import parse_spec
     from diffmem.timescales import RESULT_FILE, run_timescales
 
-    workers = check_number("workers", workers, lo=1, hi=1024, integer=True)
-    if threads is not None:
-        threads = check_number("threads", threads, lo=1, hi=1024, integer=True)
+    workers, threads = check_pool(workers, threads)
     parsed = parse_spec(spec, mode="timescales")
     result = run_timescales(parsed, out, workers=workers, threads=threads, log=lambda line: click.echo(line, err=True))
     unit = result["settings"]["time"]

@@ -4,6 +4,7 @@ the same command skips what is finished."""
 from __future__ import annotations
 
 import click
+from diffmem.engines import check_pool
 
 
 @click.command("two-split")
@@ -15,14 +16,11 @@ def twosplit_cmd(spec, out, workers, threads):
     """Two-split test: two models on disjoint halves of 2n images, sampled from the same noise, for
     each n of SPEC's [twosplit] sizes; writes OUT/results.csv and figures."""
     from diffmem.atomic import prepare_output
-    from diffmem.errors import check_number
     from diffmem.specs import parse_spec
     from diffmem.sweep import TABLE_CSV
     from diffmem.twosplit import plan_from_spec, run_twosplit
 
-    workers = check_number("workers", workers, lo=1, hi=1024, integer=True)
-    if threads is not None:
-        threads = check_number("threads", threads, lo=1, hi=1024, integer=True)
+    workers, threads = check_pool(workers, threads)
     plan = plan_from_spec(parse_spec(spec))
     folder = prepare_output(out, kind="folder", param="out", overwrite=True, create=False)
     result = run_twosplit(plan, folder, workers=workers, threads=threads, log=lambda line: click.echo(line, err=True))
