@@ -40,16 +40,23 @@ TIMING_FILE, DATA_FILE = "wall_time.json", "data.json"
 
 
 def train_run(data: DataSpec, config: TrainConfig, folder: Path) -> dict:
-    """Train ``config`` on ``data`` into ``folder`` unless it is finished there; resume a partial
-    run; refuse a folder whose config or data differ. Returns the run's summary."""
+    """Train ``config`` on the training set ``data`` describes (:func:`train_dataset`, which also
+    records the recipe in ``folder/data.json``). Returns the run's summary."""
+    return train_dataset(config, make_dataset(data), folder, recipe=data)
+
+
+def train_dataset(config: TrainConfig, dataset, folder: Path, recipe: DataSpec | None = None) -> dict:
+    """Train ``config`` on ``dataset`` into ``folder`` unless it is finished there; resume a partial
+    run; refuse a folder whose config or data differ. Adds this session's seconds to
+    ``wall_time.json`` and, given the ``recipe``, writes it to ``data.json`` (for reports and
+    ``diffmem select``). Returns the run's summary."""
     from diffmem.training import train
 
     folder = Path(folder)
-    dataset = make_dataset(data)
     if (folder / SUMMARY_FILE).exists():
         _check_finished(folder, config, dataset)
-        if not (folder / DATA_FILE).exists():
-            write_json(folder / DATA_FILE, data.to_dict())
+        if recipe is not None and not (folder / DATA_FILE).exists():
+            write_json(folder / DATA_FILE, recipe.to_dict())
         return json.loads((folder / SUMMARY_FILE).read_text())
     resume = (folder / CONFIG_FILE).exists()
     start = time.time()
@@ -60,7 +67,8 @@ def train_run(data: DataSpec, config: TrainConfig, folder: Path) -> dict:
     elapsed = time.time() - start
     previous = json.loads((folder / TIMING_FILE).read_text())["seconds"] if (folder / TIMING_FILE).exists() else 0.0
     write_json(folder / TIMING_FILE, {"seconds": previous + elapsed})
-    write_json(folder / DATA_FILE, data.to_dict())  # the recipe of the training set, for reports
+    if recipe is not None:
+        write_json(folder / DATA_FILE, recipe.to_dict())
     return summary
 
 

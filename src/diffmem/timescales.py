@@ -285,11 +285,11 @@ def settings_of(spec) -> TimescaleSettings:
 def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout) -> dict:
     """One n: train (or find, or resume) the run, then measure its snapshots. Runs in a worker."""
     from diffmem.data.spec import make_dataset
-    from diffmem.sweep import train_run
+    from diffmem.sweep import train_dataset
 
-    train_run(cell.data, cell.train, Path(folder))
-    return dict(n=cell.data.size, points=measure_run(folder, make_dataset(cell.data), heldout, settings,
-                                                     source=cell.data.source))
+    dataset = make_dataset(cell.data)
+    train_dataset(cell.train, dataset, Path(folder), recipe=cell.data)
+    return dict(n=cell.data.size, points=measure_run(folder, dataset, heldout, settings, source=cell.data.source))
 
 
 def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = None, log=None) -> dict:

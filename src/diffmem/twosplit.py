@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.errors import InputError, check_number
 from diffmem.rng import PERMUTATION, check_seed, numpy_rng
 from diffmem.specs import mode_settings
-from diffmem.sweep import write_table  # results.json and results.csv
+from diffmem.sweep import train_dataset, write_table
 
 SPEC_FILE = "twosplit.json"
 SPLIT_KEY = 2**40  # key of the split's draws in the PERMUTATION stream (training uses keys = epochs)
@@ -222,25 +221,6 @@ def half_config(plan: TwoSplitPlan, n: int, side: str) -> TrainConfig:
     return config
 
 
-def train_half(config: TrainConfig, images: ImageSet, folder: Path) -> None:
-    """Train into ``folder`` unless finished there (then it must match); resume a partial run."""
-    from diffmem.config import data_fingerprint
-    from diffmem.runs import CONFIG_FILE, SUMMARY_FILE, read_record
-    from diffmem.training import train
-
-    folder = Path(folder)
-    if (folder / SUMMARY_FILE).exists():
-        stored = read_record(folder)
-        changed = config.differences(TrainConfig.from_dict(stored))
-        if changed or stored.get("data_sha256") != data_fingerprint(images.images, images.labels):
-            what = f"{changed[0]} = {stored.get(changed[0])!r}" if changed else "other images"
-            raise InputError(f"{folder}: finished with {what}; use a new output folder", param="out")
-        return
-    start = time.time()
-    train(config, images, folder, resume=(folder / CONFIG_FILE).exists())
-    write_json(folder / "wall_time.json", {"seconds": round(time.time() - start, 1)})  # of the finishing session
-
-
 def job_half(config: TrainConfig, images: ImageSet, folder: str, samples_path: str, settings: TwoSplitSettings) -> str:
     """Train one half's model (or find it) and draw its samples (or find them); returns the path."""
     from diffmem.runs import load_run
@@ -248,7 +228,7 @@ def job_half(config: TrainConfig, images: ImageSet, folder: str, samples_path: s
 
     if Path(samples_path).exists():
         return samples_path
-    train_half(config, images, Path(folder))
+    train_dataset(config, images, Path(folder))  # or find it finished, or resume it
     x = sample(load_run(folder).denoiser, settings.samples, sampler=settings.sampler, steps=settings.sample_steps,
                seed=settings.sample_seed)
     write_npz(samples_path, images=to_uint8(x.numpy()))
