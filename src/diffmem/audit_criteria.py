@@ -37,7 +37,7 @@ from diffmem.errors import InputError
 from diffmem.metrics import copying as copying_metrics
 from diffmem.metrics import extraction as extraction_metrics
 from diffmem.metrics import membership as membership_metrics
-from diffmem.metrics.memorization import DEFAULT_SIMILARITY_THRESHOLD, bootstrap_ci, is_memorized
+from diffmem.metrics.memorization import DEFAULT_SIMILARITY_THRESHOLD, bootstrap_ci, is_memorized, memorization
 from diffmem.metrics.neighbors import knn
 
 #: Somepalli et al. (DCR) call a generation a replication when its similarity exceeds 0.5.
@@ -108,21 +108,16 @@ def _stage(ctx: AuditInputs, text: str) -> None:
 
 
 def pixel(ctx: AuditInputs) -> Criterion:
-    """Yoon et al.'s 1/3 ratio in pixel space, exact, streamed over the training set."""
-    if len(ctx.train) < 2:
-        raise InputError("the memorization ratio needs at least 2 training images", param="train")
-    nb = knn(ctx.gen_units(), ctx.train.images, k=2, memory_limit=ctx.memory_limit, device=ctx.device,
-             progress=ctx.progress)
-    ctx._found["pixel"] = nb  # reused by authenticity
-    flags = is_memorized(nb.dist[:, 0], nb.dist[:, 1], ctx.threshold)
-    d1, d2 = nb.dist[:, 0] * ctx.scale(), nb.dist[:, 1] * ctx.scale()
-    ci, stderr = bootstrap_ci(flags, 1000, ctx.seed)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(d1 == 0, 0.0, d1 / d2)
-    return Criterion("pixel", True, f"pixel: {int(flags.sum())} of {len(flags)} samples have d1/d2 < "
-                     f"{ctx.threshold:.4g} in pixel space (Yoon et al.)", float(flags.mean()), ci, flags,
-                     {"nn1": nb.index[:, 0], "nn2": nb.index[:, 1], "d1": d1, "d2": d2, "ratio": ratio},
-                     {"threshold": ctx.threshold, "stderr": stderr, "median_ratio": float(np.median(ratio))})
+    """Yoon et al.'s 1/3 ratio in pixel space (:func:`~diffmem.metrics.memorization.memorization`:
+    exact, streamed over the training set, which stays memory-mapped)."""
+    res = memorization(as_image_set(ctx.train), ctx.gen_units(), threshold=ctx.threshold,
+                       memory_limit=ctx.memory_limit, device=ctx.device, seed=ctx.seed, progress=ctx.progress)
+    ctx._found["pixel"] = res  # reused by authenticity and the report's neighbour grid
+    ratio = res.nn_ratio
+    return Criterion("pixel", True, f"pixel: {int(res.memorized.sum())} of {res.n_generated} samples have d1/d2 < "
+                     f"{ctx.threshold:.4g} in pixel space (Yoon et al.)", res.ratio, res.ci95, res.memorized,
+                     {"nn1": res.idx1, "nn2": res.idx2, "d1": res.d1, "d2": res.d2, "ratio": ratio},
+                     {"threshold": ctx.threshold, "stderr": res.stderr, "median_ratio": float(np.median(ratio))})
 
 
 def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
@@ -237,10 +232,10 @@ def authenticity(ctx: AuditInputs) -> Criterion:
     of each sample comes from the pixel criterion's search, and r's nearest *other* training image
     from :func:`~diffmem.metrics.copying.nearest_other_distance` (O(M·N), not O(N²))."""
     copying = copying_metrics
-    nb = ctx._found["pixel"]
-    idx = nb.index[:, 0]
+    found = ctx._found["pixel"]
+    idx = found.idx1
     own = copying.nearest_other_distance(ctx.train.images, idx, memory_limit=ctx.memory_limit, device=ctx.device)
-    d_gen, d_train = nb.dist[:, 0] * ctx.scale(), own * ctx.scale()
+    d_gen, d_train = found.d1, own * ctx.scale()
     res = copying.AuthenticityResult(d_gen=d_gen, d_train=d_train, idx=idx, authentic=d_gen >= d_train)
     flags = ~res.authentic
     ci, _ = bootstrap_ci(flags, 1000, ctx.seed)

@@ -18,7 +18,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from diffmem.atomic import write_json, write_npz, write_text
-from diffmem.metrics.memorization import MemorizationResult
 from diffmem.plots import neighbor_grid, save_figure
 from diffmem.report import MARKER, Report, render_html
 
@@ -69,12 +68,6 @@ def write_audit(result, ctx, out: Path, samples: np.ndarray | None = None) -> di
     return files
 
 
-def _pixel_result(crit, n_train: int) -> MemorizationResult:
-    c = crit.columns
-    return MemorizationResult(d1=c["d1"], d2=c["d2"], idx1=c["nn1"], idx2=c["nn2"], memorized=crit.flags,
-                              threshold=crit.summary["threshold"], n_train=n_train)
-
-
 def ratio_histogram(ratio: np.ndarray, threshold: float) -> Figure:
     """Histogram of the (M,) pixel d1/d2 ratios with the threshold line."""
     fig = Figure(figsize=(5.2, 3.2))
@@ -110,7 +103,7 @@ def build_page(result, ctx, folder: Path) -> Report:
     report.lines.append(result.verdict)
     report.lines += [c.explanation for c in result.criteria]
     pixel = result.criterion("pixel")
-    grid = neighbor_grid(ctx.generated, ctx.train.images, _pixel_result(pixel, result.n_train), rows=4)
+    grid = neighbor_grid(ctx.generated, ctx.train.images, ctx._found["pixel"], rows=4)
     report.figures.append(("Generated samples beside their nearest training images (pixel space)",
                            save_figure(grid, folder / "neighbors.png", dpi=110)))
     report.figures.append(("Pixel-space d1/d2 of every generated sample",
