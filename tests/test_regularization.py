@@ -30,7 +30,7 @@ def _direct(x, sigma, kind=None, strength=0.0):
         if kind == "tikhonov":  # (c·x + σ²·x̄_w) / (σ² + c)
             out.append((strength * xi + s**2 * x_bar) / (s**2 + strength))
         elif kind == "eb":  # x + σ² Σ w_i (y_i - x)/σ², w_i = exp(ℓ_i) / max(Σ exp(ℓ_j), τ)
-            ell = -sq / (2 * s**2) - (TOY.shape[1] / 2) * math.log(2 * math.pi * s**2)
+            ell = -sq / (2 * s**2)  # the authors' unnormalized kernels
             weights = np.exp(ell - max(logsumexp(ell), math.log(strength)))
             out.append(xi + (weights[:, None] * (TOY - xi)).sum(0))
         else:
@@ -69,10 +69,20 @@ def test_memorized_fraction_falls_with_c_on_the_toy():
     assert exact["fraction_within"] == 1.0 and exact["memorization_ratio"] == 1.0  # D* copies every sample
     assert smooth["fraction_within"] < 0.3 and smooth["memorization_ratio"] < 0.5 and x.shape == (60, 2)
     assert exact["fraction_beyond_diameter"] == smooth["fraction_beyond_diameter"] == 0.0
-    # a floor far above S(σ_max) = 20 / (2π·80²) ≈ 5e-4 never lets the samples be denoised
-    floored, x = measure_strength(cloud, "eb", 1.0, settings)
+    # the kernel sum S ≤ 20 at every σ: a floor far above it never lets the samples be denoised
+    floored, x = measure_strength(cloud, "eb", 1000.0, settings)
     assert floored["fraction_beyond_diameter"] > 0.9 and floored["fraction_within"] < 0.05
     assert np.median(np.linalg.norm(x, axis=1)) > 20
+
+
+def test_eb_floor_makes_new_samples_on_the_toy():
+    """Seed 002's three shares at the authors' τ = 1 (their range 1e-2 ... 10): some copies, few
+    undenoised, most samples new (measured with 1000 samples: 0.28 / 0.05 / 0.67)."""
+    settings = RegularizationSettings(eb=(1.0,), num=200, bootstrap=0)
+    row, _ = measure_strength(make_points("toy2d", 20), "eb", 1.0, settings)
+    shares = row["fraction_within"], row["fraction_beyond_diameter"], row["fraction_new"]
+    assert 0.15 < shares[0] < 0.45 and 0.0 < shares[1] < 0.15 and 0.45 < shares[2] < 0.8
+    assert math.isclose(sum(shares), 1.0)
 
 
 def test_image_samples_are_measured_as_pngs_in_model_space(digits):

@@ -9,16 +9,18 @@ Sampling with it returns training images. Regularized variants (Baptista et al. 
 ``x̄_w = D*(x; σ)`` the softmax average above:
 
 * Tikhonov ``c``:  ``D_c(x; σ) = (c·x + σ²·x̄_w) / (σ² + c)``; ``c = 0`` is ``D*``.
-* Empirical-Bayes floor ``τ``: weights ``w_i = exp(ℓ_i) / max(Σ_j exp(ℓ_j), τ)`` with Gaussian
-  log-kernels ``ℓ_i = -‖x - y_i‖²/2σ² - (d/2)·ln(2πσ²)``, score ``Σ_i w_i (y_i - x)/σ²``, so
-  ``D(x; σ) = x + σ²·score = (1 - W)·x + W·x̄_w`` with ``W = Σ_i w_i = S / max(S, τ)``,
-  ``S = Σ_j exp(ℓ_j)``. ``τ → 0`` recovers ``D*``. Mind the scale: ``log S`` spans about
-  ``±(d/2)·ln(2πσ²)`` over the noise schedule (digits, d = 64: from about -372 at σ = 80 to +340 at
-  σ = 0.002), so useful ``τ`` lie near ``exp(log S(σ_max))``. On 64 digits, ``τ ≤ e^-390`` still
-  copies every sample and ``τ = e^-370`` leaves a quarter of them undenoised (noise, not new images):
-  in pixel space the floor stops denoising rather than generalizing, unlike in the 2-D toy of
-  Baptista et al.
-
+* Empirical-Bayes floor ``τ``, as the authors' ``GMM_score_EmpiricalBayes``
+  (``baptistar/DiffusionModelDynamics``): weights ``w_i = exp(ℓ_i) / max(Σ_j exp(ℓ_j), τ)`` with the
+  *unnormalized* log-kernels ``ℓ_i = -‖x - y_i‖²/2σ²`` (no ``-(d/2)·ln(2πσ²)``), score
+  ``Σ_i w_i (y_i - x)/σ²``, so ``D(x; σ) = x + σ²·score = (1 - W)·x + W·x̄_w`` with
+  ``W = Σ_i w_i = S / max(S, τ)``, ``S = Σ_j exp(ℓ_j)``. ``τ → 0`` recovers ``D*``. ``S`` is at most
+  ``n`` (the number of training samples) whatever ``σ``, so one ``τ`` means the same at every noise
+  level: ``τ ≥ n`` damps every step, ``τ`` near ``e^(-r²/2)`` stops the denoising of a sample whose
+  nearest training point is ``r`` standard deviations of noise away. The authors run ``τ`` from
+  1e-2 to 10 on their 2-D toy. (The sampler's EDM schedule has no mean scaling, ``a = 1`` in the
+  authors' ``‖x - a·y_i‖²``.) A normalized Gaussian kernel, as diffmem used before, adds
+  ``-(d/2)·ln(2πσ²)`` to ``ln S`` — hundreds of nats across the schedule in 64 dimensions — so a
+  fixed ``τ`` either never bites or never lets a sample be denoised.
 Everything is streamed over the training set in chunks with a running log-sum-exp, so the softmax
 never materializes (n_train × batch) and never underflows, even at σ = 0.002 in float32.
 """
@@ -145,8 +147,7 @@ class OptimalDenoiser:
             c, var = self.c, sigma[:, None] ** 2
             return (c * x + var * x_bar) / (var + c)
         if self.kind == "eb":
-            d = x.shape[1]
-            log_s = run_max + torch.log(run_sum) - 0.5 * d * torch.log(math.pi * two_var)  # log Σ exp(ℓ_j)
+            log_s = run_max + torch.log(run_sum)  # ln S = ln Σ_j exp(-‖x - y_j‖²/2σ²), unnormalized kernels
             W = torch.exp(log_s - torch.clamp(log_s, min=self.log_tau))  # S / max(S, τ), in log space
             return (1 - W) * x + W * x_bar
         return x_bar
