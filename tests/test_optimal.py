@@ -123,8 +123,9 @@ def test_floor_given_by_its_logarithm(log_tau):
 def test_parse_regularize_flag():
     assert parse_regularize_flag("log_eb:-800") == ("log_eb", -800.0)
     assert parse_regularize_flag("tikhonov:0.01") == ("tikhonov", 0.01)
+    assert parse_regularize_flag("tikhonov_time:0.5") == ("tikhonov_time", 0.5)
     assert parse_regularize_flag("eb:1e-5") == ("eb", 1e-5)
     assert parse_regularize_flag(None) is None
-    for bad in ["tikhonov", "foo:1", "eb:0", "tikhonov:-1", "eb:x", "log_eb:inf", "log_eb:x"]:
+    for bad in ["tikhonov", "foo:1", "eb:0", "tikhonov:-1", "tikhonov_time:-1", "eb:x", "log_eb:inf", "log_eb:x"]:
         with pytest.raises(InputError, match="^regularize:"):
             parse_regularize_flag(bad)

@@ -4,7 +4,9 @@ the Tikhonov strength ``c`` or the empirical-Bayes floor ``τ`` grows.
 For a training set ``{y_i}`` and ``x̄_w(x; σ) = Σ_i softmax_i(-‖x - y_i‖²/2σ²)·y_i`` (the optimum
 ``D*``), :class:`~diffmem.denoisers.optimal.OptimalDenoiser` evaluates
 
-* Tikhonov:  ``D_c(x; σ) = (c·x + σ²·x̄_w) / (σ² + c)``  (``c = 0``: ``D*``);
+* Tikhonov:  ``D_c(x; σ) = (c·x + σ²·x̄_w) / (σ² + c)``  (``c = 0``: ``D*``), the strength ``c``
+  constant (``tikhonov``) or ``c·g(t)² = 2cσ`` on EDM's schedule (``tikhonov_time``, the authors'
+  strength that grows with the noise; derivation in :mod:`diffmem.denoisers.optimal`);
 * EB floor:  ``D_τ(x; σ) = (1 - W)·x + W·x̄_w``, ``W = S / max(S, τ)``,
   ``S = Σ_j exp(-‖x - y_j‖²/2σ²)`` (unnormalized kernels, as the authors: ``S ≤ n`` at every σ;
   ``τ → 0``: ``D*``).
@@ -23,7 +25,8 @@ samples (``fraction_new = 1 - within - never denoised``: seed 002's three shares
     size = 20
     [axes]                          # optional: data fields only (e.g. dim = [8, 16, 32])
     [regularization]
-    tikhonov = [0.0, 0.01, 0.1, 1.0]  # strengths c (≥ 0)
+    tikhonov = [0.0, 0.01, 0.1, 1.0]  # constant strengths c (≥ 0)
+    tikhonov_time = [0.01, 0.1]       # strengths c of c·g(t)² (≥ 0)
     eb = [0.01, 0.1, 1.0, 10.0]       # floors τ (> 0; the authors' range 1e-2 ... 10) ...
     log_eb = [-30.0]                  # ... or ln τ
     num = 1000                        # samples per strength; tolerance, threshold, sampler, steps,
@@ -31,7 +34,8 @@ samples (``fraction_new = 1 - within - never denoised``: seed 002's three shares
 
 run by ``diffmem regularization SPEC [--out DIR]``. Output: ``OUT/<cell>/regularization.json``
 (rows, resumable: a finished cell is read back), ``OUT/results.csv|json`` (one row per cell and
-strength), ``OUT/tikhonov.png`` and ``OUT/eb.png`` (both shares against the strength), and for 2-D
+strength), ``OUT/<kind>.png`` per regularizer used (``tikhonov``, ``tikhonov_time``, ``eb``: the
+shares against the strength), and for 2-D
 points ``OUT/<cell>/samples.png`` (training points and samples per strength).
 """
 
@@ -69,7 +73,8 @@ CELL_FILE = "regularization.json"
 class RegularizationSettings:
     """The ``[regularization]`` table: strengths and how each regularized optimum is measured."""
 
-    tikhonov: tuple[float, ...] = ()  # Tikhonov strengths c ≥ 0 (data units squared, like σ²)
+    tikhonov: tuple[float, ...] = ()  # constant Tikhonov strengths c ≥ 0 (data units squared, like σ²)
+    tikhonov_time: tuple[float, ...] = ()  # Tikhonov in time: strength c·g(t)² = 2cσ (c in data units)
     eb: tuple[float, ...] = ()  # EB floors τ > 0 (on the unnormalized kernel sum, ≤ n)
     log_eb: tuple[float, ...] = ()  # EB floors given as ln τ
     num: int = 1000  # samples per strength
@@ -83,13 +88,14 @@ class RegularizationSettings:
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
-        for name, lo, lo_open in (("tikhonov", 0, False), ("eb", 0, True), ("log_eb", None, False)):
+        for name, lo, lo_open in (("tikhonov", 0, False), ("tikhonov_time", 0, False), ("eb", 0, True),
+                                  ("log_eb", None, False)):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)):
                 raise InputError(f"must be a list of numbers, got {values!r}", param=name)
             fix(name, tuple(float(check_number(name, v, lo=lo, lo_open=lo_open)) for v in values))
-        if not (self.tikhonov or self.eb or self.log_eb):
-            raise InputError("give at least one strength (tikhonov, eb or log_eb)", param="tikhonov")
+        if not (self.tikhonov or self.tikhonov_time or self.eb or self.log_eb):
+            raise InputError("give at least one strength (tikhonov, tikhonov_time, eb or log_eb)", param="tikhonov")
         fix("num", check_number("num", self.num, lo=1, hi=10**7, integer=True))
         fix("tolerance", check_number("tolerance", self.tolerance, lo=0, lo_open=True))
         fix("threshold", check_number("threshold", self.threshold, lo=0, lo_open=True, hi=1))
@@ -103,7 +109,8 @@ class RegularizationSettings:
 
     def strengths(self) -> list[tuple[str, float, float]]:
         """``(kind, strength, ln strength)`` for every strength (ln of 0 is -inf)."""
-        rows = [("tikhonov", c, math.log(c) if c > 0 else -math.inf) for c in self.tikhonov]
+        rows = [(kind, c, math.log(c) if c > 0 else -math.inf)
+                for kind in ("tikhonov", "tikhonov_time") for c in getattr(self, kind)]
         rows += [("eb", tau, math.log(tau)) for tau in self.eb]
         return rows + [("eb", math.exp(log_tau), log_tau) for log_tau in self.log_eb]
 
@@ -194,7 +201,7 @@ def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None) -
         rows += run_cell(cell, settings, out / cell.name, device, log)
     write_table(out, rows)
     write_json(out / "spec.json", {"spec": spec.path, "name": spec.name, "settings": settings.to_dict()})
-    for kind in ("tikhonov", "eb"):
+    for kind in ("tikhonov", "tikhonov_time", "eb"):
         if any(r["kind"] == kind for r in rows):
             save_strength_curves(out / f"{kind}.png", rows, kind, settings)
     return rows
