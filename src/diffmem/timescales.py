@@ -10,11 +10,17 @@ space. From the curves (pure functions, :func:`tau_gen`, :func:`tau_mem`):
     τ_gen = the first training time with FD(t) ≤ FD* + tolerance · (FD_max - FD*),   FD* = min_t FD(t)
 
 both interpolated linearly in log t between the two snapshots that bracket the crossing (snapshots
-are log-spaced). Seed 003 finds τ_mem ∝ n and τ_gen independent of n; :func:`fit_proportional`
+are log-spaced). τ_gen, its plateau and its range are taken only over the snapshots *before* f_mem
+first exceeds the threshold (:func:`generalization_window`): a snapshot that already copies has the
+training set's FD, which is not the generalization plateau. Seed 003 finds τ_mem ∝ n and τ_gen independent of n; :func:`fit_proportional`
 fits ``τ_mem = a·n`` by least squares through the origin (a, its 95 % t-interval, R²) and
 :func:`power_law` the exponent β of ``τ ∝ n^β`` (β ≈ 1 for τ_mem, β ≈ 0 for τ_gen).
-Training time is measured in images seen (``step · batch``; the batch is the same for every n),
-optimizer steps, or epochs (images / n, the collapse variable t/n of seed 003).
+Training time is measured in images seen (``step · batch``), optimizer steps, or epochs (images / n,
+the collapse variable t/n of seed 003). Seed 003's protocol: ``batch_cap = 512`` trains each n at
+batch ``min(512, n)``, ``[train] steps`` fixes one grid of training steps for every n (with full
+batches, n ≤ 512, ``snapshots = "log:K"`` over epochs is the same grid in steps), ``time = "steps"``,
+and ``[axes] seed = [...]`` repeats every n over seeds: rows are per (n, seed), ``by_n`` gives the
+mean τ over seeds with a t-interval, and the fits take every (n, τ) point.
 
     OUT/<cell>/                  one run folder per n (as ``diffmem sweep`` makes them)
     OUT/<cell>/timescales.json   its per-snapshot measurements (resumable: kept while the settings hold)
@@ -55,6 +61,7 @@ class TimescaleSettings:
     tolerance: float = 0.1  # τ_gen: FD within this share of its range above its plateau
     time: str = "images"  # images | steps | epochs
     bootstrap: int = 1000  # resamples of f_mem's CI
+    batch_cap: int = 0  # > 0: each n trains at batch min(batch_cap, n) (seed 003: 512); 0: [train] batch for all
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -63,6 +70,7 @@ class TimescaleSettings:
         fix("threshold", check_number("threshold", self.threshold, lo=0, hi=1, hi_open=True))
         fix("tolerance", check_number("tolerance", self.tolerance, lo=0, hi=1, lo_open=True, hi_open=True))
         fix("bootstrap", check_number("bootstrap", self.bootstrap, lo=1, hi=10**7, integer=True))
+        fix("batch_cap", check_number("batch_cap", self.batch_cap, lo=0, hi=10**7, integer=True))
         if self.time not in TIME_UNITS:
             raise InputError(f"expected one of {', '.join(TIME_UNITS)}, got {self.time!r}", param="time")
         if not isinstance(self.features, str) or not self.features.strip():
@@ -117,6 +125,12 @@ def tau_gen(times, fd, tolerance: float = 0.1) -> float | None:
     return first_crossing(times, fd, plateau + tolerance * (float(v.max()) - plateau), above=False)
 
 
+def generalization_window(f_mem, threshold: float) -> int:
+    """How many leading snapshots come before f_mem first exceeds ``threshold`` (all of them if never)."""
+    above = np.asarray(f_mem, dtype=float) > threshold
+    return int(np.argmax(above)) if above.any() else len(above)
+
+
 def fit_proportional(n, tau, confidence: float = 0.95) -> dict:
     """Least squares through the origin, ``τ = a·n``:
 
@@ -154,23 +168,46 @@ def power_law(n, tau, confidence: float = 0.95) -> dict:
 
 
 def analyze(curves: dict, settings: TimescaleSettings) -> dict:
-    """Rows (one per n) and fits from ``{n: [snapshot points]}`` (points as :func:`measure_snapshot`
-    returns them; time in ``settings.time``)."""
+    """Rows (one per run), ``by_n`` (mean over seeds) and fits from ``{n or (n, seed): [snapshot
+    points]}`` (points as :func:`measure_snapshot` returns them; time in ``settings.time``)."""
     rows = []
-    for n in sorted(curves):
-        points = sorted(curves[n], key=lambda p: p["step"])
+    for key in sorted(curves, key=lambda k: (_run_key(k)[0], _run_key(k)[1] or 0)):
+        n, seed = _run_key(key)
+        points = sorted(curves[key], key=lambda p: p["step"])
         t = [point_time(p, settings.time) for p in points]
         f, fd = [p["f_mem"] for p in points], [p["fd"] for p in points]
-        rows.append(dict(n=n, tau_gen=tau_gen(t, fd, settings.tolerance), tau_mem=tau_mem(t, f, settings.threshold),
-                         fd_plateau=min(fd), f_mem_final=f[-1], f_mem_max=max(f), time_final=t[-1],
+        k = generalization_window(f, settings.threshold)  # τ_gen only from snapshots that do not copy yet
+        rows.append(dict(n=n, seed=seed, tau_gen=tau_gen(t[:k], fd[:k], settings.tolerance) if k >= 2 else None,
+                         tau_mem=tau_mem(t, f, settings.threshold), fd_plateau=min(fd[:k]) if k else None,
+                         snapshots_before_mem=k, f_mem_final=f[-1], f_mem_max=max(f), time_final=t[-1],
                          snapshots=len(points), unit=settings.time))
     fits = {}
     for key in ("tau_mem", "tau_gen"):
         ok = [r for r in rows if r[key] is not None]
-        if len(ok) >= 2:
+        if len({r["n"] for r in ok}) >= 2:
             ns, taus = [r["n"] for r in ok], [r[key] for r in ok]
             fits[key] = dict(proportional=fit_proportional(ns, taus), power_law=power_law(ns, taus), sizes=ns)
-    return dict(rows=rows, fits=fits, settings=dataclasses.asdict(settings), summary=summary_line(rows, fits, settings))
+    return dict(rows=rows, by_n=by_size(rows), fits=fits, settings=dataclasses.asdict(settings),
+                summary=summary_line(rows, fits, settings))
+
+
+def by_size(rows: list[dict], confidence: float = 0.95) -> list[dict]:
+    """Per n: runs, and for τ_mem, τ_gen and τ_mem/n the mean over the runs that reached it, with a
+    t-interval over them (None for fewer than 2) and how many reached it."""
+    out = []
+    for n in sorted({r["n"] for r in rows}):
+        mine, row = [r for r in rows if r["n"] == n], {"n": n}
+        row["runs"] = len(mine)
+        for key, scale in (("tau_mem", 1), ("tau_gen", 1), ("tau_mem_over_n", n)):
+            v = np.array([r[key.replace("_over_n", "")] / scale for r in mine
+                          if r[key.replace("_over_n", "")] is not None], dtype=float)
+            half = (float(scipy.stats.t.ppf((1 + confidence) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+                    if len(v) >= 2 else None)
+            row[key] = float(v.mean()) if len(v) else None
+            row[f"{key}_ci95"] = [row[key] - half, row[key] + half] if half is not None else None
+            row[f"{key}_reached"] = int(len(v))
+        out.append(row)
+    return out
 
 
 def summary_line(rows: list[dict], fits: dict, settings: TimescaleSettings) -> str:
@@ -181,7 +218,7 @@ def summary_line(rows: list[dict], fits: dict, settings: TimescaleSettings) -> s
         parts.append(f"τ_mem = a·n with a = {p['a']:.4g} ({unit} per training image) [{p['interval'][0]:.4g}, "
                      f"{p['interval'][1]:.4g}], R² = {p['r2']:.3f} (τ_mem ∝ n^{b['beta']:.2f})")
     else:
-        never = [r["n"] for r in rows if r["tau_mem"] is None]
+        never = sorted({r["n"] for r in rows if r["tau_mem"] is None})
         parts.append(f"τ_mem not reached (f_mem ≤ {settings.threshold:g}) at n = {never}")
     if "tau_gen" in fits:
         b = fits["tau_gen"]["power_law"]
@@ -271,12 +308,14 @@ def _read_curve(path: Path) -> dict:
 
 def settings_of(spec) -> TimescaleSettings:
     """The spec's ``[timescales]`` table validated (errors name the file and the key); the spec must
-    vary ``size`` (≥ 2 values) and nothing else, at one batch no larger than its smallest size."""
+    vary ``size`` (≥ 2 values), optionally ``seed``, and nothing else, at one batch no larger than its
+    smallest size (unless ``batch_cap`` sets the batch per n)."""
     settings = mode_settings(spec, TimescaleSettings)
-    if list(spec.axes) != ["data.size"] or len(spec.axes["data.size"]) < 2:
-        raise InputError(f"{spec.path}: [axes] size: a timescales spec varies size (at least 2 values) and nothing else")
+    if sorted(set(spec.axes) - {"train.seed"}) != ["data.size"] or len(spec.axes["data.size"]) < 2:
+        raise InputError(f"{spec.path}: [axes] size: a timescales spec varies size (at least 2 values), "
+                         f"optionally seed, and nothing else")
     batch = spec.cells()[0].train.batch
-    if batch > min(spec.axes["data.size"]):
+    if not settings.batch_cap and batch > min(spec.axes["data.size"]):
         raise InputError(f"{spec.path}: [train] batch: {batch} is larger than the smallest size "
                          f"{min(spec.axes['data.size'])}; one fixed batch ≤ every n keeps time comparable")
     return settings
@@ -288,8 +327,10 @@ def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout) -> d
     from diffmem.sweep import train_dataset
 
     dataset = make_dataset(cell.data)
-    train_dataset(cell.train, dataset, Path(folder), recipe=cell.data)
-    return dict(n=cell.data.size, points=measure_run(folder, dataset, heldout, settings, source=cell.data.source))
+    config = cell.train.replace(batch=min(settings.batch_cap, cell.data.size)) if settings.batch_cap else cell.train
+    train_dataset(config, dataset, Path(folder), recipe=cell.data)
+    return dict(n=cell.data.size, seed=config.seed,
+                points=measure_run(folder, dataset, heldout, settings, source=cell.data.source))
 
 
 def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = None, log=None) -> dict:
@@ -310,7 +351,7 @@ def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = No
     jobs = [(c.name, job_timescales, (c, settings, str(out / c.name), heldout)) for c in cells]
     curves = {}
     for key, result in run_local(jobs, workers=workers, threads=threads or default_threads(workers)):
-        curves[result["n"]] = result["points"]
+        curves[(result["n"], result["seed"])] = result["points"]
         if log is not None:
             log(f"{key}: {len(result['points'])} snapshots measured")
     result = analyze(curves, settings)
@@ -332,14 +373,19 @@ def write_results(out: Path, result: dict, curves: dict, spec=None) -> None:
     """results.json (rows, fits, settings, summary), results.csv, curves.csv and the figures."""
     write_json(out / RESULT_FILE, {"spec": getattr(spec, "path", None), **result}, allow_nan=False)
     write_text(out / TABLE_CSV, _csv(result["rows"]))
-    flat = [dict(n=n, time=point_time(p, result["settings"]["time"]), **{k: v for k, v in p.items() if k != "n"})
-            for n in sorted(curves) for p in curves[n]]
+    flat = [dict(n=n, seed=seed, time=point_time(p, result["settings"]["time"]), **{k: v for k, v in p.items() if k != "n"})
+            for (n, seed), points in ((_run_key(k), curves[k]) for k in curves) for p in points]
     write_text(out / CURVES_CSV, _csv(flat))
     from diffmem.plots import save_figure
 
     save_figure(curves_figure(curves, result, collapse=False), out / "curves.png")
     save_figure(curves_figure(curves, result, collapse=True), out / "collapse.png")
     save_figure(tau_figure(result), out / "tau_vs_n.png")
+
+
+def _run_key(key) -> tuple:
+    """(n, seed) of a curves key: ``(n, seed)`` or a bare n (seed None)."""
+    return key if isinstance(key, tuple) else (key, None)
 
 
 def _csv(rows: list[dict]) -> str:
@@ -365,17 +411,22 @@ def curves_figure(curves: dict, result: dict, *, collapse: bool):
     unit = result["settings"]["time"]
     fig = Figure(figsize=(8.4, 3.3))
     ax_f, ax_q = fig.subplots(1, 2)
-    taus = {r["n"]: r for r in result["rows"]}
-    for n in sorted(curves):
-        points = sorted(curves[n], key=lambda p: p["step"])
+    taus = {(r["n"], r["seed"]): r for r in result["rows"]}
+    sizes = sorted({_run_key(k)[0] for k in curves})
+    colors = {n: f"C{i % 10}" for i, n in enumerate(sizes)}  # one colour per n, one line per run
+    labelled = set()
+    for key in sorted(curves, key=lambda k: (_run_key(k)[0], _run_key(k)[1] or 0)):
+        (n, seed), points = _run_key(key), sorted(curves[key], key=lambda p: p["step"])
         t = np.array([point_time(p, unit) for p in points]) / (n if collapse else 1)
-        line, = ax_f.plot(t, [p["f_mem"] for p in points], "o-", ms=3, label=f"n = {n}")
-        ax_f.fill_between(t, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points], alpha=0.15,
-                          color=line.get_color())
-        ax_q.plot(t, [p["fd"] for p in points], "o-", ms=3, color=line.get_color(), label=f"n = {n}")
-        for ax, key in ((ax_f, "tau_mem"), (ax_q, "tau_gen")):
-            if taus.get(n, {}).get(key) is not None:
-                ax.axvline(taus[n][key] / (n if collapse else 1), color=line.get_color(), ls=":", lw=1)
+        label = None if n in labelled else f"n = {n}"
+        labelled.add(n)
+        ax_f.plot(t, [p["f_mem"] for p in points], "o-", ms=3, color=colors[n], label=label)
+        ax_f.fill_between(t, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points], alpha=0.1,
+                          color=colors[n])
+        ax_q.plot(t, [p["fd"] for p in points], "o-", ms=3, color=colors[n], label=label)
+        for ax, tau in ((ax_f, "tau_mem"), (ax_q, "tau_gen")):
+            if taus.get((n, seed), {}).get(tau) is not None:
+                ax.axvline(taus[(n, seed)][tau] / (n if collapse else 1), color=colors[n], ls=":", lw=1)
     xlabel = f"training time ({unit}){' / n' if collapse else ''}"
     ax_f.axhline(result["settings"]["threshold"], color="grey", lw=0.8, ls="--")
     ax_f.set(xscale="log", xlabel=xlabel, ylabel="memorized fraction f_mem", ylim=(-0.03, 1.03))

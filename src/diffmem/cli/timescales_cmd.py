@@ -22,9 +22,16 @@ def timescales_cmd(spec, out, workers, threads):
     parsed = parse_spec(spec, mode="timescales")
     result = run_timescales(parsed, out, workers=workers, threads=threads, log=lambda line: click.echo(line, err=True))
     unit = result["settings"]["time"]
+    fmt = lambda v: "never" if v is None else f"{v:.4g}"  # noqa: E731
     for row in result["rows"]:
-        fmt = lambda v: "never" if v is None else f"{v:.4g}"  # noqa: E731
-        click.echo(f"n = {row['n']:>6}: tau_gen {fmt(row['tau_gen'])}, tau_mem {fmt(row['tau_mem'])} {unit}; "
+        seed = "" if row["seed"] is None else f" seed {row['seed']}"
+        click.echo(f"n = {row['n']:>6}{seed}: tau_gen {fmt(row['tau_gen'])}, tau_mem {fmt(row['tau_mem'])} {unit}; "
                    f"f_mem at the end {row['f_mem_final']:.3f}")
+    for row in result["by_n"]:
+        if row["runs"] > 1:
+            ci = lambda k: "" if row[f"{k}_ci95"] is None else " [{:.4g}, {:.4g}]".format(*row[f"{k}_ci95"])  # noqa: E731
+            click.echo(f"n = {row['n']:>6}, mean of {row['runs']} runs: tau_gen {fmt(row['tau_gen'])}{ci('tau_gen')} "
+                       f"({row['tau_gen_reached']} reached), tau_mem {fmt(row['tau_mem'])}{ci('tau_mem')} "
+                       f"({row['tau_mem_reached']} reached), tau_mem/n {fmt(row['tau_mem_over_n'])}{ci('tau_mem_over_n')}")
     click.echo(result["summary"])
     click.echo(f"results in {(out or parsed.name)}/{RESULT_FILE}")
