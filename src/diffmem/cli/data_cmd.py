@@ -47,10 +47,11 @@ def _heldout_path(heldout_out, heldout_size, out: Path, overwrite: bool) -> Path
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--root", default=None, help="Where a source's files are (cifar10 archive, idx folder).")
 @click.option("--blend", default=None, metavar="SOURCE:ALPHA",
-              help="Intra-class diversity: replace a share ALPHA (0..1) of class --blend-class's images with "
-                   "that class's images from SOURCE (digits, mnist, fashion-mnist, or a labeled image set's path), "
-                   "resized to the set's resolution; nested across --size (a fixed rule picks the replaced "
-                   "positions). E.g. --source digits --blend mnist:0.5 --blend-class 3.")
+              help="Intra-class diversity: replace round(ALPHA*n) of the n images of class --blend-class "
+                   "(ALPHA in 0..1) with that class's images from SOURCE (digits, mnist, fashion-mnist, or a labeled "
+                   "image set's path), resized like --resolution to the set's size; a fixed rule picks the replaced "
+                   "positions, so sets stay nested across --size. Held-out images come from --source only. "
+                   "E.g. --source digits --blend mnist:0.5 --blend-class 3.")
 @click.option("--blend-class", type=int, default=None, help="The class (label value) whose images --blend replaces.")
 @click.option("--dim", type=int, default=None, help="Point sources (toy2d, gaussian-mixture:K): dimension d [2].")
 @click.option("--out", required=True, help="Output EDM dataset zip (a point source: an .npz of points).")
