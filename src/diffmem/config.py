@@ -77,7 +77,7 @@ class TrainConfig:
     snapshots: str = ""  # EMA snapshot epochs, e.g. "10,50,log:8" (the final one always)
     track_every: int = 0  # measure the memorization ratio every K epochs (0 = never)
     track_samples: int = 1000  # samples per measurement
-    guard: float | None = None  # stop once the tracked ratio exceeds this (diffmem.guard; needs track_every)
+    guard: float | None = None  # stop once the tracked ratio exceeds this (diffmem.studies.guard; needs track_every)
     checkpoint_every: int = 500  # save state.pt every K steps
     log_every: int = 100  # append to stats.jsonl (and check for NaN/Inf) every K steps
     # Runtime: may change on resume without changing the result.

@@ -30,7 +30,7 @@ from diffmem.errors import InputError
 SNAPSHOT_FORMAT = "diffmem-snapshot/1"
 CONFIG_FILE, STATE_FILE, SUMMARY_FILE = "config.json", "state.pt", "summary.json"
 STATS_FILE, TRACK_FILE = "stats.jsonl", "memorization.jsonl"
-GUARD_FILE = "guard.json"  # why and when the memorization guard stopped the run (diffmem.guard)
+GUARD_FILE = "guard.json"  # why and when the memorization guard stopped the run (diffmem.studies.guard)
 _SNAPSHOT_RE = re.compile(r"^snapshot-epoch(\d+)\.safetensors$")
 
 

@@ -48,7 +48,7 @@ from diffmem.runs import (CONFIG_FILE, STATE_FILE, STATS_FILE, TRACK_FILE, appen
                           read_stop, save_snapshot, save_state, snapshot_name, truncate_jsonl, write_record,
                           write_summary)
 from diffmem.schedules import ema_beta, global_batch_indices, learning_rate, update_ema
-from diffmem.guard import guard_check
+from diffmem.studies.guard import guard_check
 from diffmem.tracking import track_memorization
 
 

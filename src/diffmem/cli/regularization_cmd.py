@@ -1,5 +1,5 @@
 """``diffmem regularization SPEC``: the memorized fraction of regularized optima (Tikhonov c, EB
-floor τ) over a spec's strengths (:mod:`diffmem.regularization`); re-running skips finished cells."""
+floor τ) over a spec's strengths (:mod:`diffmem.studies.regularization`); re-running skips finished cells."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from diffmem.cli.options import resolve_device
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 def regularization_cmd(spec, out, device):
     """Sample the optimum regularized by each c / τ of SPEC (mode = "regularization"); write OUT/results.csv."""
-    from diffmem.regularization import run_regularization
-    from diffmem.specs import parse_spec
+    from diffmem.studies.regularization import run_regularization
+    from diffmem.studies.specs import parse_spec
 
     parsed = parse_spec(spec)
     rows = run_regularization(parsed, out, device=resolve_device(device),

@@ -1,10 +1,10 @@
 """``diffmem random-features SPEC --out DIR [--workers N]``: the random-features study of seed 003
-(:func:`diffmem.rf_study.run_rf_study`): curves, onsets, fits and figures in DIR."""
+(:func:`diffmem.studies.rf.run_rf_study`): curves, onsets, fits and figures in DIR."""
 
 from __future__ import annotations
 
 import click
-from diffmem.engines import check_pool
+from diffmem.studies.engines import check_pool
 
 
 @click.command("random-features")
@@ -15,7 +15,7 @@ from diffmem.engines import check_pool
 def rf_cmd(spec, out, workers, threads):
     """Random-features score model at one diffusion time: train/test loss, score error and the gap's
     onset over psi_n = n/d and psi_p = p/d (SPEC: TOML with name and [rf])."""
-    from diffmem.rf_study import RESULTS_JSON, parse_rf_spec, run_rf_study
+    from diffmem.studies.rf import RESULTS_JSON, parse_rf_spec, run_rf_study
 
     workers, threads = check_pool(workers, threads)
     name, settings = parse_rf_spec(spec)

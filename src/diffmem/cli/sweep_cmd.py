@@ -1,5 +1,5 @@
 """``diffmem sweep SPEC`` and ``diffmem emm SPEC``: resumable cells on a local pool or Ray
-(:mod:`diffmem.sweep`); re-running the same command skips what is finished."""
+(:mod:`diffmem.studies.sweep`); re-running the same command skips what is finished."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import click
 
 from diffmem.errors import check_number
-from diffmem.engines import check_pool
+from diffmem.studies.engines import check_pool
 
 ENGINE_OPTIONS = [
     click.option("--out", default=None, help="Output folder [a folder named after the spec, here]."),
@@ -41,8 +41,8 @@ def _engine(workers, threads, engine, address, gpus, progress) -> dict:
 @_engine_options
 def sweep_cmd(spec, out, engine, workers, threads, address, gpus, progress):
     """Run a sweep SPEC (TOML: [data], [train], [axes], optional [emm]); write OUT/results.csv."""
-    from diffmem.specs import parse_spec
-    from diffmem.sweep import TABLE_CSV, run_sweep
+    from diffmem.studies.specs import parse_spec
+    from diffmem.studies.sweep import TABLE_CSV, run_sweep
 
     parsed = parse_spec(spec)
     result = run_sweep(parsed, out, **_engine(workers, threads, engine, address, gpus, progress))
@@ -54,8 +54,8 @@ def sweep_cmd(spec, out, engine, workers, threads, address, gpus, progress):
 @_engine_options
 def emm_cmd(spec, out, engine, workers, threads, address, gpus, progress):
     """EMM of one configuration: SPEC has [data], [train] and [emm] (sizes or an adaptive range)."""
-    from diffmem.specs import parse_spec
-    from diffmem.sweep import emm
+    from diffmem.studies.specs import parse_spec
+    from diffmem.studies.sweep import emm
 
     parsed = parse_spec(spec, mode="emm")
     estimate = emm(parsed, out, **_engine(workers, threads, engine, address, gpus, progress))

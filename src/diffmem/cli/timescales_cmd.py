@@ -1,11 +1,11 @@
 """``diffmem timescales SPEC``: τ_gen and τ_mem against the training-set size
-(:mod:`diffmem.timescales`); re-running the same command recomputes nothing that is finished."""
+(:mod:`diffmem.studies.timescales`); re-running the same command recomputes nothing that is finished."""
 
 from __future__ import annotations
 
 import click
 
-from diffmem.engines import check_pool
+from diffmem.studies.engines import check_pool
 
 
 @click.command("timescales")
@@ -15,8 +15,8 @@ from diffmem.engines import check_pool
 @click.option("--threads", type=int, default=None, help="Threads per run [cores / workers].")
 def timescales_cmd(spec, out, workers, threads):
     """Train SPEC's sizes with log-spaced snapshots; per snapshot f_mem (CI) and FD; τ_gen, τ_mem, τ_mem = a·n."""
-    from diffmem.specs import parse_spec
-    from diffmem.timescales import RESULT_FILE, run_timescales
+    from diffmem.studies.specs import parse_spec
+    from diffmem.studies.timescales import RESULT_FILE, run_timescales
 
     workers, threads = check_pool(workers, threads)
     parsed = parse_spec(spec, mode="timescales")

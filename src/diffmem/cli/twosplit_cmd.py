@@ -1,10 +1,10 @@
-"""``diffmem two-split SPEC --out DIR``: the two-split test (:mod:`diffmem.twosplit`); re-running
+"""``diffmem two-split SPEC --out DIR``: the two-split test (:mod:`diffmem.studies.twosplit`); re-running
 the same command skips what is finished."""
 
 from __future__ import annotations
 
 import click
-from diffmem.engines import check_pool
+from diffmem.studies.engines import check_pool
 
 
 @click.command("two-split")
@@ -16,9 +16,9 @@ def twosplit_cmd(spec, out, workers, threads):
     """Two-split test: two models on disjoint halves of 2n images, sampled from the same noise, for
     each n of SPEC's [twosplit] sizes; writes OUT/results.csv and figures."""
     from diffmem.atomic import prepare_output
-    from diffmem.specs import parse_spec
-    from diffmem.sweep import TABLE_CSV
-    from diffmem.twosplit import plan_from_spec, run_twosplit
+    from diffmem.studies.specs import parse_spec
+    from diffmem.studies.sweep import TABLE_CSV
+    from diffmem.studies.twosplit import plan_from_spec, run_twosplit
 
     workers, threads = check_pool(workers, threads)
     plan = plan_from_spec(parse_spec(spec))

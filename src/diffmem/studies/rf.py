@@ -59,7 +59,7 @@ import torch
 from diffmem.denoisers.random_features import (RandomFeatureScore, diffusion_coefficients, dsm_loss,
                                                dsm_loss_and_gradient, noisy_inputs, score_error)
 from diffmem.errors import InputError, check_number
-from diffmem.specs import read_toml
+from diffmem.studies.specs import read_toml
 
 STABILITY_LIMIT = 1.5  # refuse dt·Δ_t·λ_max(U)/ψ_p above this (GD on a quadratic diverges at 2)
 EVAL_CHUNK = 2048  # rows per evaluation batch (bounds memory at (chunk, p))
@@ -336,13 +336,13 @@ def _fits(rows: list[dict], psi_ps, key: str, delta: float) -> dict:
 def run_rf_study(name: str, settings: RFSettings, out, *, workers: int = 1, threads: int | None = None,
                  log=print) -> dict:
     """Run every cell (``workers`` processes), then write ``out``: results.json, curves.csv,
-    onsets.csv and the figures (:mod:`diffmem.rf_figures`). Refuses an ``out`` that already holds
+    onsets.csv and the figures (:mod:`diffmem.studies.rf_figures`). Refuses an ``out`` that already holds
     any of them, before any work; every file is written atomically."""
     import time
 
     from diffmem.atomic import prepare_output, write_json, write_text
-    from diffmem.engines import default_threads, run_local
-    from diffmem.rf_figures import save_figures, FIGURES
+    from diffmem.studies.engines import default_threads, run_local
+    from diffmem.studies.rf_figures import save_figures, FIGURES
 
     names = (RESULTS_JSON, CURVES_CSV, ONSETS_CSV, *FIGURES)
     out = prepare_output(out, kind="folder", names=names, create=False)

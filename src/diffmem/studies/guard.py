@@ -9,7 +9,7 @@ window grows with n. Two controls act on it:
   loop stops cleanly (snapshot and state saved), ``RUN/guard.json`` says why and when, and the
   summary carries it as ``stopped``. A resumed stopped run trains no further.
 - :func:`select_snapshot` (``diffmem select RUN --max-memorization F``): measure every snapshot of a
-  run (f_mem with its CI and the FD to held-out images, :func:`diffmem.timescales.measure_run`,
+  run (f_mem with its CI and the FD to held-out images, :func:`diffmem.studies.timescales.measure_run`,
   cached in ``RUN/timescales.json``) and pick the one with the best (lowest) FD among those with
   ``f_mem ≤ F``, printed as one line a practitioner can act on.
 """
@@ -89,7 +89,7 @@ def choose(points: list[dict], max_memorization: float) -> dict | None:
 def answer_line(run: str, points: list[dict], best: dict | None, max_memorization: float) -> str:
     """One line: the snapshot to use, its f_mem (CI) and FD, and where memorization starts."""
     from diffmem.runs import snapshot_name
-    from diffmem.timescales import tau_mem
+    from diffmem.studies.timescales import tau_mem
 
     steps = [p["step"] for p in points]
     onset = tau_mem([p["epoch"] or 1 for p in points], [p["f_mem"] for p in points], max_memorization) \
@@ -116,7 +116,7 @@ def select_snapshot(run, max_memorization: float, *, heldout=None, train=None, f
     data recipe (``digits``, ``mnist``, ``fashion-mnist``). Measurements are cached in
     ``RUN/timescales.json``."""
     from diffmem.runs import list_snapshots, read_record
-    from diffmem.timescales import TimescaleSettings, measure_run
+    from diffmem.studies.timescales import TimescaleSettings, measure_run
 
     max_memorization = check_number("max_memorization", max_memorization, lo=0, hi=1)
     if run is None or not str(run).strip() or not Path(run).is_dir():

@@ -47,8 +47,8 @@ from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.errors import InputError, check_number
 from diffmem.rng import PERMUTATION, check_seed, numpy_rng
-from diffmem.specs import mode_settings
-from diffmem.sweep import train_dataset, write_table
+from diffmem.studies.specs import mode_settings
+from diffmem.studies.sweep import train_dataset, write_table
 
 SPEC_FILE = "twosplit.json"
 SPLIT_KEY = 2**40  # key of the split's draws in the PERMUTATION stream (training uses keys = epochs)
@@ -100,7 +100,7 @@ class TwoSplitPlan:
 
 
 def plan_from_spec(spec) -> TwoSplitPlan:
-    """A :class:`~diffmem.specs.Spec` in mode ``twosplit`` → a plan; errors name the spec key."""
+    """A :class:`~diffmem.studies.specs.Spec` in mode ``twosplit`` → a plan; errors name the spec key."""
     where = spec.path
     if spec.mode != "twosplit":
         raise InputError(f"{where}: mode: the two-split test needs mode = \"twosplit\", got {spec.mode!r}")
@@ -270,7 +270,7 @@ def _check_out(out: Path, plan: TwoSplitPlan) -> None:
 def run_twosplit(plan: TwoSplitPlan, out, *, workers: int = 1, threads: int | None = None, log=None) -> TwoSplitResult:
     """Train the 2 × |sizes| models of ``plan`` on ``workers`` processes, sample each pair from the
     same latents, measure every n, write the table and figures into ``out``; see the module docstring."""
-    from diffmem.engines import default_threads, run_local
+    from diffmem.studies.engines import default_threads, run_local
 
     out = Path(out)
     settings = plan.settings

@@ -1,5 +1,5 @@
-"""Sweeps: a base config and axes over any knob (:mod:`diffmem.specs`), run as resumable cells on a
-local pool or Ray (:mod:`diffmem.engines`), gathered into one table.
+"""Sweeps: a base config and axes over any knob (:mod:`diffmem.studies.specs`), run as resumable cells on a
+local pool or Ray (:mod:`diffmem.studies.engines`), gathered into one table.
 
     OUT/sweep.json                 the spec as run (cells and their configs)
     OUT/<cell>/                    mode "runs": the cell's run folder (config.json, snapshots, ...)
@@ -25,10 +25,10 @@ from pathlib import Path
 from diffmem.atomic import write_json, write_text
 from diffmem.config import TrainConfig
 from diffmem.data.spec import DataSpec, make_dataset
-from diffmem.emm import EMMEstimate, SizePoint, adaptive_search, estimate_emm
+from diffmem.studies.emm import EMMEstimate, SizePoint, adaptive_search, estimate_emm
 from diffmem.errors import InputError
 from diffmem.runs import CONFIG_FILE, SUMMARY_FILE, read_record
-from diffmem.specs import Cell, EMMSettings, Spec
+from diffmem.studies.specs import Cell, EMMSettings, Spec
 
 MEMORIZATION_ONSET = 0.1  # "first memorization": the first tracked epoch with a ratio at least this
 SWEEP_FILE, EMM_FILE, TABLE_CSV, TABLE_JSON = "sweep.json", "emm.json", "results.csv", "results.json"
@@ -157,7 +157,7 @@ def remeasure(point: SizePoint, num: int, data: DataSpec) -> SizePoint:
 
 
 def adaptive_cell(cell: Cell, settings: EMMSettings, cell_folder: Path) -> EMMEstimate:
-    """One cell's EMM by :func:`diffmem.emm.adaptive_search` (sequential: each size follows the last)."""
+    """One cell's EMM by :func:`diffmem.studies.emm.adaptive_search` (sequential: each size follows the last)."""
     return adaptive_search(
         lambda size: measure_size(cell, size, settings, cell_folder), min_size=settings.min_size,
         max_size=settings.max_size, epsilon=settings.epsilon, factor=settings.factor,
@@ -267,7 +267,7 @@ def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, 
               address: str | None = None, gpus: float = 0.0, progress: bool = False, log=None) -> SweepResult:
     """Run every cell of ``spec`` into ``out`` (default: a folder named after the spec) on the
     ``local`` pool of ``workers`` processes or on ``ray``; see the module docstring."""
-    from diffmem.engines import default_threads, run_local, run_ray
+    from diffmem.studies.engines import default_threads, run_local, run_ray
 
     if engine not in ("local", "ray"):
         raise InputError(f"expected local or ray, got {engine!r}", param="engine")
@@ -316,10 +316,10 @@ def _job_line(key: str, result, estimate: EMMEstimate | None) -> str:
 
 def emm(spec=None, out=None, *, data: DataSpec | None = None, train: TrainConfig | None = None,
         settings: EMMSettings | None = None, **engine) -> EMMEstimate:
-    """EMM_ε of one configuration: ``spec`` a spec file (or :class:`~diffmem.specs.Spec`) in mode
+    """EMM_ε of one configuration: ``spec`` a spec file (or :class:`~diffmem.studies.specs.Spec`) in mode
     emm, or the three parts ``data``, ``train``, ``settings``. Runs go to ``out``; ``engine``
     keywords as :func:`run_sweep`. Returns the estimate (also in ``OUT/base/emm.json``)."""
-    from diffmem.specs import parse_spec
+    from diffmem.studies.specs import parse_spec
 
     if spec is None:
         if data is None or train is None or settings is None:

@@ -56,8 +56,8 @@ from diffmem.metrics.proximity import DEFAULT_TOLERANCE, proximity
 from diffmem.plots import save_curves, save_figure
 from diffmem.rng import check_seed
 from diffmem.sampling import SAMPLERS, sample
-from diffmem.specs import Cell, Spec, mode_settings
-from diffmem.sweep import write_table
+from diffmem.studies.specs import Cell, Spec, mode_settings
+from diffmem.studies.sweep import write_table
 
 MODE = "regularization"
 CELL_FILE = "regularization.json"

@@ -38,7 +38,7 @@ import scipy.stats
 
 from diffmem.atomic import write_json, write_text
 from diffmem.errors import InputError, check_number
-from diffmem.specs import mode_settings
+from diffmem.studies.specs import mode_settings
 
 TIME_UNITS = ("images", "steps", "epochs")
 CURVE_FILE, RESULT_FILE, TABLE_CSV, CURVES_CSV = "timescales.json", "results.json", "results.csv", "curves.csv"
@@ -285,7 +285,7 @@ def settings_of(spec) -> TimescaleSettings:
 def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout) -> dict:
     """One n: train (or find, or resume) the run, then measure its snapshots. Runs in a worker."""
     from diffmem.data.spec import make_dataset
-    from diffmem.sweep import train_dataset
+    from diffmem.studies.sweep import train_dataset
 
     dataset = make_dataset(cell.data)
     train_dataset(cell.train, dataset, Path(folder), recipe=cell.data)
@@ -293,12 +293,12 @@ def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout) -> d
 
 
 def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = None, log=None) -> dict:
-    """Run a timescales spec (a path or a parsed :class:`~diffmem.specs.Spec`) into ``out``
+    """Run a timescales spec (a path or a parsed :class:`~diffmem.studies.specs.Spec`) into ``out``
     (default: the spec's name): the per-n runs on a local pool of ``workers`` processes, then the
     analysis (:func:`analyze`), the tables and the figures. Returns the analysis."""
-    from diffmem.engines import default_threads, run_local
-    from diffmem.engines import check_pool
-    from diffmem.specs import Spec, parse_spec
+    from diffmem.studies.engines import default_threads, run_local
+    from diffmem.studies.engines import check_pool
+    from diffmem.studies.specs import Spec, parse_spec
 
     spec = spec if isinstance(spec, Spec) else parse_spec(spec, mode="timescales")
     settings = settings_of(spec)
