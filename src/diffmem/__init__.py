@@ -19,9 +19,7 @@ every sampler and metric works on both.
 Names are imported on first use, so ``import diffmem`` stays light.
 """
 
-from __future__ import annotations
-
-import importlib
+from importlib import import_module as _import_module
 
 __version__ = "0.1.0"
 
@@ -85,7 +83,7 @@ _EXPORTS = {
     "run_twosplit": "diffmem.studies.twosplit", "plan_from_spec": "diffmem.studies.twosplit", "TwoSplitSettings": "diffmem.studies.twosplit",
     "split_order": "diffmem.studies.twosplit", "pair_measures": "diffmem.studies.twosplit",
     # any model as a denoiser (diffusers, TorchScript) and membership inference
-    "load_denoiser": "diffmem.denoisers.adapters", "load_diffusers": "diffmem.denoisers.adapters",
+    "load_denoiser": "diffmem.runs", "load_diffusers": "diffmem.denoisers.adapters",
     "load_torchscript": "diffmem.denoisers.adapters", "save_torchscript": "diffmem.denoisers.adapters",
     "DiffusersDenoiser": "diffmem.denoisers.adapters", "TorchScriptDenoiser": "diffmem.denoisers.adapters",
     "per_image_loss": "diffmem.losses", "membership": "diffmem.metrics.membership",
@@ -98,11 +96,12 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(_import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'diffmem' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public API only: no helper module or submodule that happens to be loaded."""
+    return sorted(__all__)

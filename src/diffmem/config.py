@@ -34,8 +34,6 @@ MAX_CLASSES = 2**20  # class indices beyond this would make the label embedding 
 
 # Fields that may differ between a run and its resume: they do not change the numbers it computes.
 RUNTIME_FIELDS = ("device", "compile", "channels_last", "log_every")
-NETWORK_FIELDS = ("arch", "preset", "channels", "channel_mult", "blocks", "attn", "embed", "skips", "dropout",
-                  "hidden", "depth")
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,7 @@ from diffmem.runs import (CONFIG_FILE, STATE_FILE, STATS_FILE, TRACK_FILE, appen
                           read_stop, save_snapshot, save_state, snapshot_name, truncate_jsonl, write_record,
                           write_summary)
 from diffmem.schedules import ema_beta, global_batch_indices, learning_rate, update_ema
-from diffmem.studies.guard import guard_check
-from diffmem.tracking import track_memorization
+from diffmem.tracking import guard_check, track_memorization
 
 
 class TrainingDiverged(RuntimeError):
@@ -374,7 +373,9 @@ def _maintain(loop: _Loop, before: int, log) -> None:
             if log is not None:
                 log(f"epoch {epoch} step {loop.step}: memorization ratio {result['ratio']:.3f}")
         _barrier(loop.world_size)
-        loop.stopped = guard_check(loop, result)  # None unless the guard tripped: then save the state and stop
+        # None unless the guard tripped: then save the state and stop
+        loop.stopped = guard_check(config.guard, result, step=loop.step, epoch=epoch, out=loop.out, rank=loop.rank,
+                                   world_size=loop.world_size, device=loop.device)
     if due_state or loop.stopped is not None:
         _save_state(loop)
 

@@ -1,5 +1,5 @@
 """The audit's files: the per-sample table (CSV and npz), ``audit.json``, the samples drawn from a
-model, and the HTML page (through :func:`diffmem.studies.report.render_html`, the page ``diffmem report``
+model, and the HTML page (through :func:`diffmem.pages.render_html`, the page ``diffmem report``
 writes: self-contained, figures embedded).
 
 Per-sample columns (one row per generated sample ``sample``): for each criterion that ran,
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from diffmem.atomic import write_json, write_npz, write_text
 from diffmem.plots import neighbor_grid, save_figure
-from diffmem.studies.report import MARKER, Report, render_html
+from diffmem.pages import MARKER, Report, render_html
 
 TOP_ROWS = 20  # samples listed on the page (the CSV has them all)
 

@@ -31,7 +31,8 @@ from diffmem.denoisers.optimal import OptimalDenoiser
 from diffmem.studies.emm import SizePoint, estimate_emm
 from diffmem.errors import check_number
 from diffmem.metrics.memorization import memorization
-from diffmem.studies.report import emm_report, ratio_vs_size, render_html
+from diffmem.pages import render_html
+from diffmem.studies.report import emm_report, ratio_vs_size
 from diffmem.rng import check_seed
 from diffmem.sampling import sample
 from diffmem.studies.sweep import emm
