@@ -1,4 +1,8 @@
-"""Where a sweep's jobs run: a local pool of worker processes, or a Ray cluster.
+"""Where a study's jobs run: a local pool of worker processes, or a Ray cluster.
+
+:class:`Engine` names the place (``local``, or ``ray`` with its ``address`` and GPUs per job) and
+runs a study's jobs there (:meth:`Engine.run`); every study (sweep, EMM, timescales, two-split,
+random features, regularization) takes one, with the same ``workers`` and ``threads``.
 
 Both take jobs ``(key, fn, args)`` (``fn`` a module-level function, so it pickles) and yield
 ``(key, result)`` as jobs finish, in any order. Each worker gets a thread budget (``threads``
@@ -17,6 +21,10 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from diffmem.errors import InputError, check_number
@@ -25,6 +33,83 @@ Job = tuple[str, Callable, tuple]
 
 
 MAX_WORKERS = 1024  # processes (or threads per process) one command may ask for
+ENGINES = ("local", "ray")
+SHARED_MARKER = ".diffmem-shared"  # written by the driver into the output folder, read by every Ray task
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where jobs run: ``local`` (worker processes here) or ``ray`` (tasks on the cluster at
+    ``address``, or on a local Ray instance; ``gpus`` per task). ``ray_logs``: let Ray's own log
+    lines reach the terminal (off: only diffmem's lines and errors)."""
+
+    kind: str = "local"
+    address: str | None = None
+    gpus: float = 0.0
+    ray_logs: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ENGINES:
+            raise InputError(f"expected local or ray, got {self.kind!r}", param="engine")
+        object.__setattr__(self, "gpus", check_number("gpus", self.gpus, lo=0))
+
+    def run(self, jobs: list[Job], *, workers: int, threads: int | None = None, out=None,
+            progress: bool = False, desc: str = "") -> Iterator[tuple[str, object]]:
+        """Yield ``(key, result)`` of every job as it finishes. On Ray, ``out`` (the folder the jobs
+        write into) must be storage that every node sees: each task first reads a marker the driver
+        wrote there, and a node that cannot is refused in one line."""
+        workers, threads = check_pool(workers, threads)
+        threads = threads or default_threads(workers)
+        if self.kind == "local":
+            runner = run_local(jobs, workers=workers, threads=threads)
+        else:
+            runner = run_ray(jobs, workers=workers, threads=threads, gpus=self.gpus, address=self.address,
+                             marker=None if out is None else write_marker(Path(out)), ray_logs=self.ray_logs)
+        if not progress:
+            yield from runner
+            return
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(jobs), desc=desc or None, unit="job") as bar:
+            for item in runner:
+                bar.update(1)
+                yield item
+
+
+def as_engine(engine, *, address: str | None = None, gpus: float = 0.0) -> Engine:
+    """An :class:`Engine` from itself or from its kind's name (``local``, ``ray``)."""
+    if isinstance(engine, Engine):
+        return engine
+    return Engine(engine, address=address, gpus=gpus)
+
+
+def write_marker(out: Path) -> tuple[str, str]:
+    """Write a fresh token into ``out/.diffmem-shared`` (the driver, before any task): (path, token)."""
+    from diffmem.atomic import write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    write_text(out / SHARED_MARKER, token + "\n")
+    return str((out / SHARED_MARKER).resolve()), token
+
+
+def check_marker(marker: tuple[str, str] | None) -> None:
+    """In a task: the driver's marker must be readable here, with the driver's token."""
+    if marker is None:
+        return
+    path, token = marker
+    try:
+        seen = Path(path).read_text().strip()
+    except OSError:
+        seen = None
+    if seen != token:
+        raise SharedStorageError(f"node {socket.gethostname()} cannot see {Path(path).parent} (its "
+                                 f"{SHARED_MARKER} is {'missing' if seen is None else 'another run'}'s): "
+                                 f"--out must be storage every Ray node sees (a shared file system)")
+
+
+class SharedStorageError(RuntimeError):
+    """A Ray task's node does not see the driver's output folder."""
 
 
 def check_pool(workers: int, threads: int | None) -> tuple[int, int | None]:
@@ -53,10 +138,12 @@ def _worker_init(threads: int) -> None:
         pass
 
 
-def _call(fn: Callable, args: tuple, threads: int):
-    """Run one job in a Ray worker with the thread budget (Ray reuses its worker processes)."""
+def _call(fn: Callable, args: tuple, threads: int, marker: tuple[str, str] | None = None):
+    """Run one job in a Ray worker with the thread budget (Ray reuses its worker processes), once
+    the driver's output folder is seen to be shared."""
     import torch
 
+    check_marker(marker)
     torch.set_num_threads(threads)
     return fn(*args)
 
@@ -99,25 +186,44 @@ def _run_here(jobs: Iterable[Job], threads: int) -> Iterator[tuple[str, object]]
         torch.set_num_threads(before)
 
 
-def run_ray(jobs: Iterable[Job], *, workers: int, threads: int, gpus: float = 0.0,
-            address: str | None = None) -> Iterator[tuple[str, object]]:
+def run_ray(jobs: Iterable[Job], *, workers: int, threads: int, gpus: float = 0.0, address: str | None = None,
+            marker: tuple[str, str] | None = None, ray_logs: bool = False) -> Iterator[tuple[str, object]]:
     """Run ``jobs`` as Ray tasks requesting ``threads`` CPUs (and ``gpus`` GPUs) each, on the cluster
-    at ``address`` or on a local Ray instance with ``workers × threads`` CPUs."""
+    at ``address`` or on a local Ray instance with ``workers × threads`` CPUs. ``marker``: see
+    :meth:`Engine.run`. Ray's own logs stay out of the terminal unless ``ray_logs``."""
     try:
         import ray
     except ImportError:
         raise InputError("the ray engine needs Ray: pip install 'diffmem[ray]'", param="engine") from None
     started = not ray.is_initialized()
     if started:
+        _quiet_ray(ray_logs)
         kwargs = dict(address=address) if address else dict(num_cpus=workers * threads)
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+        ray.init(include_dashboard=False, log_to_driver=ray_logs, configure_logging=ray_logs,
+                 logging_level="INFO" if ray_logs else "ERROR", **kwargs)
     try:
         remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=2)(_call)
-        futures = {remote.remote(fn, args, threads): key for key, fn, args in jobs}
+        futures = {remote.remote(fn, args, threads, marker): key for key, fn, args in jobs}
         waiting = list(futures)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
-            yield futures[done[0]], ray.get(done[0])
+            yield futures[done[0]], _get(ray, done[0])
     finally:
         if started:
             ray.shutdown()
+
+
+def _get(ray, ref):
+    """A task's result; a node that cannot see the output folder becomes one line (InputError)."""
+    try:
+        return ray.get(ref)
+    except SharedStorageError as err:  # Ray raises the task's own exception type (with RayTaskError)
+        raise InputError(str(getattr(err, "cause", None) or err).splitlines()[-1], param="out") from None
+
+
+def _quiet_ray(ray_logs: bool) -> None:
+    """Keep the raylet's and workers' log dumps out of the terminal (they still go to Ray's session
+    folder, /tmp/ray/session_latest/logs), unless asked for."""
+    if not ray_logs:
+        for var, value in (("RAY_BACKEND_LOG_LEVEL", "error"), ("RAY_LOG_TO_STDERR", "0"), ("RAY_DEDUP_LOGS", "1")):
+            os.environ.setdefault(var, value)

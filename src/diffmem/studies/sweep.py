@@ -263,14 +263,14 @@ def _estimate(spec: Spec, out: Path, cell: Cell, estimate: EMMEstimate | None = 
     return estimate
 
 
-def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, threads: int | None = None,
+def run_sweep(spec: Spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None,
               address: str | None = None, gpus: float = 0.0, progress: bool = False, log=None) -> SweepResult:
     """Run every cell of ``spec`` into ``out`` (default: a folder named after the spec) on the
-    ``local`` pool of ``workers`` processes or on ``ray``; see the module docstring."""
-    from diffmem.studies.engines import default_threads, run_local, run_ray
+    ``local`` pool of ``workers`` processes or on ``ray`` (a name or an
+    :class:`~diffmem.studies.engines.Engine`); see the module docstring."""
+    from diffmem.studies.engines import as_engine
 
-    if engine not in ("local", "ray"):
-        raise InputError(f"expected local or ray, got {engine!r}", param="engine")
+    engine = as_engine(engine, address=address, gpus=gpus)
     if spec.mode not in ("runs", "emm"):  # the study modes have their own commands
         command = {"twosplit": "two-split"}.get(spec.mode, spec.mode)
         raise InputError(f"{spec.path}: mode {spec.mode} is run by `diffmem {command} SPEC`, not by a sweep")
@@ -281,9 +281,7 @@ def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, 
                                   "emm": None if spec.emm is None else vars(spec.emm),
                                   "cells": [c.to_dict() for c in cells]})
     jobs = _jobs(spec, cells, out)
-    threads = threads or default_threads(workers)
-    runner = run_local(jobs, workers=workers, threads=threads) if engine == "local" else \
-        run_ray(jobs, workers=workers, threads=threads, gpus=gpus, address=address)
+    runner = engine.run(jobs, workers=workers, threads=threads, out=out)
     remaining = {c.name: sum(1 for key, _, _ in jobs if key.split("/")[0] == c.name) for c in cells}
     estimates, by_name = {}, {c.name: c for c in cells}
     from tqdm.auto import tqdm
@@ -328,8 +326,34 @@ def emm(spec=None, out=None, *, data: DataSpec | None = None, train: TrainConfig
         spec.cells()
     elif not isinstance(spec, Spec):
         spec = parse_spec(spec, mode="emm")
+    check_one_configuration(spec)
+    result = run_sweep(spec, out, **engine)
+    return result.estimates[spec.cells()[0].name]
+
+
+def check_one_configuration(spec: Spec) -> Spec:
+    """An EMM spec: mode emm and no axes."""
     if spec.mode != "emm" or spec.axes:
         raise InputError(f"{spec.path}: diffmem emm takes one configuration (mode emm, no [axes]); "
                          "use diffmem sweep for several", param="spec")
-    result = run_sweep(spec, out, **engine)
-    return result.estimates[spec.cells()[0].name]
+    return spec
+
+
+def run(spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
+        progress: bool = False):
+    """The study entry shape (:class:`~diffmem.studies.result.StudyResult`): a sweep, or one EMM when
+    ``spec`` (a path or a parsed spec) is in mode emm without axes."""
+    from diffmem.studies.result import StudyResult
+    from diffmem.studies.specs import parse_spec
+
+    spec = spec if isinstance(spec, Spec) else parse_spec(spec)
+    options = dict(engine=engine, workers=workers, threads=threads, log=log, progress=progress)
+    if spec.mode == "emm" and not spec.axes:
+        estimate = emm(spec, out, **options)
+        folder = Path(out if out is not None else spec.name)
+        lines = [f"|D| = {p.size:>6}: ratio {p.ratio:.3f} [{p.ci95[0]:.3f}, {p.ci95[1]:.3f}] (epoch {p.epoch:g})"
+                 for p in estimate.points]
+        return StudyResult("emm", folder, collect_rows(spec, spec.cells(), folder), [*lines, estimate.advice], estimate)
+    result = run_sweep(spec, out, **options)
+    return StudyResult("sweep", result.out, result.rows,
+                       [f"{len(result.rows)} cells finished; table in {result.out / TABLE_CSV}"], result)
