@@ -75,8 +75,10 @@ def fresh_output_dir(path: str | Path, names, param: str = "out") -> Path:
 # The engine options: one list for every study command (sweep, emm, timescales, two-split,
 # random-features, regularization), so each runs locally or on Ray alike.
 
+#: ``--out`` of the study commands whose output folder defaults to the spec's name.
+OUT_OPTION = click.option("--out", default=None, help="Output folder [a folder named after the spec, here].")
+
 ENGINE_OPTIONS = [
-    click.option("--out", default=None, help="Output folder [a folder named after the spec, here]."),
     click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                  help="local: worker processes here; ray: Ray tasks (pip install 'diffmem[ray]')."),
     click.option("--workers", type=int, default=1, show_default=True, help="Jobs (training runs, cells) at a time."),

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import click
 
-from diffmem.cli.options import engine_options, resolve_device, study_arguments
+from diffmem.cli.options import OUT_OPTION, engine_options, resolve_device, study_arguments
 
 
 @click.command("regularization")
 @click.argument("spec")
+@OUT_OPTION
 @engine_options
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 def regularization_cmd(spec, out, device, **engine):

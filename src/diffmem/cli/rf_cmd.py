@@ -10,6 +10,7 @@ from diffmem.cli.options import engine_options, study_arguments
 
 @click.command("random-features")
 @click.argument("spec")
+@click.option("--out", required=True, help="Output folder (new, or without results.json, curves.csv, ...).")
 @engine_options
 def rf_cmd(spec, out, **engine):
     """Random-features score model at one diffusion time: train/test loss, score error and the gap's

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import click
 
-from diffmem.cli.options import engine_options, study_arguments
+from diffmem.cli.options import OUT_OPTION, engine_options, study_arguments
 
 
 @click.command("sweep")
 @click.argument("spec")
+@OUT_OPTION
 @engine_options
 def sweep_cmd(spec, out, **engine):
     """Run a sweep SPEC (TOML: [data], [train], [axes], optional [emm]); write OUT/results.csv."""
@@ -22,6 +23,7 @@ def sweep_cmd(spec, out, **engine):
 
 @click.command("emm")
 @click.argument("spec")
+@OUT_OPTION
 @engine_options
 def emm_cmd(spec, out, **engine):
     """EMM of one configuration: SPEC has [data], [train] and [emm] (sizes or an adaptive range)."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import click
 
-from diffmem.cli.options import engine_options, study_arguments
+from diffmem.cli.options import OUT_OPTION, engine_options, study_arguments
 
 
 @click.command("timescales")
 @click.argument("spec")
+@OUT_OPTION
 @engine_options
 def timescales_cmd(spec, out, **engine):
     """Train SPEC's sizes with log-spaced snapshots; per snapshot f_mem (CI) and FD; τ_gen, τ_mem, τ_mem = a·n."""

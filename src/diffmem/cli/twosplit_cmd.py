@@ -10,6 +10,7 @@ from diffmem.cli.options import engine_options, study_arguments
 
 @click.command("two-split")
 @click.argument("spec")
+@click.option("--out", required=True, help="Output folder (new, empty, or this spec's earlier two-split).")
 @engine_options
 def twosplit_cmd(spec, out, **engine):
     """Two-split test: two models on disjoint halves of 2n images, sampled from the same noise, for

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -200,7 +201,7 @@ def run_ray(jobs: Iterable[Job], *, workers: int, threads: int, gpus: float = 0.
         _quiet_ray(ray_logs)
         kwargs = dict(address=address) if address else dict(num_cpus=workers * threads)
         ray.init(include_dashboard=False, log_to_driver=ray_logs, configure_logging=ray_logs,
-                 logging_level="INFO" if ray_logs else "ERROR", **kwargs)
+                 logging_level=logging.INFO if ray_logs else logging.ERROR, **kwargs)
     try:
         remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=2)(_call)
         futures = {remote.remote(fn, args, threads, marker): key for key, fn, args in jobs}
