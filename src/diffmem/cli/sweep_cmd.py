@@ -19,6 +19,9 @@ def sweep_cmd(spec, out, **engine):
 
     result = run(parse_spec(spec), out, **study_arguments(**engine))
     click.echo(f"{len(result.rows())} cells finished; table in {result.out / TABLE_CSV}")
+    by_seed = getattr(result.detail, "by_seed", None)  # a sweep over train.seed: the seed aggregates
+    if by_seed is not None:
+        click.echo(f"{len(by_seed)} configurations over their training seeds in {result.out / 'seeds.csv'}")
 
 
 @click.command("emm")
