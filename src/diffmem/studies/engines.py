@@ -65,7 +65,7 @@ class Engine:
             runner = run_local(jobs, workers=workers, threads=threads)
         else:
             runner = run_ray(jobs, workers=workers, threads=threads, gpus=self.gpus, address=self.address,
-                             marker=None if out is None else write_marker(Path(out)), ray_logs=self.ray_logs)
+                             out=out, ray_logs=self.ray_logs)
         if not progress:
             yield from runner
             return
@@ -188,14 +188,16 @@ def _run_here(jobs: Iterable[Job], threads: int) -> Iterator[tuple[str, object]]
 
 
 def run_ray(jobs: Iterable[Job], *, workers: int, threads: int, gpus: float = 0.0, address: str | None = None,
-            marker: tuple[str, str] | None = None, ray_logs: bool = False) -> Iterator[tuple[str, object]]:
+            out=None, ray_logs: bool = False) -> Iterator[tuple[str, object]]:
     """Run ``jobs`` as Ray tasks requesting ``threads`` CPUs (and ``gpus`` GPUs) each, on the cluster
-    at ``address`` or on a local Ray instance with ``workers × threads`` CPUs. ``marker``: see
-    :meth:`Engine.run`. Ray's own logs stay out of the terminal unless ``ray_logs``."""
+    at ``address`` or on a local Ray instance with ``workers × threads`` CPUs. With ``out``, every
+    task first checks that it sees the driver's marker there (:meth:`Engine.run`); the marker is
+    removed when the jobs are done. Ray's own logs stay out of the terminal unless ``ray_logs``."""
     try:
         import ray
     except ImportError:
         raise InputError("the ray engine needs Ray: pip install 'diffmem[ray]'", param="engine") from None
+    marker = None if out is None else write_marker(Path(out))
     started = not ray.is_initialized()
     if started:
         _quiet_ray(ray_logs)
@@ -210,6 +212,8 @@ def run_ray(jobs: Iterable[Job], *, workers: int, threads: int, gpus: float = 0.
             done, waiting = ray.wait(waiting, num_returns=1)
             yield futures[done[0]], _get(ray, done[0])
     finally:
+        if marker is not None:
+            Path(marker[0]).unlink(missing_ok=True)
         if started:
             ray.shutdown()
 

@@ -7,7 +7,7 @@ local pool or Ray (:mod:`diffmem.studies.engines`), gathered into one table.
     OUT/<cell>/emm.json            ... and the cell's EMM estimate
     OUT/results.csv, results.json  one row per cell
     OUT/seeds.csv, seeds.json      with a ``train.seed`` axis: one row per configuration over its
-                                   training seeds (:mod:`diffmem.seeds`: intervals with the seed spread)
+                                   training seeds (:mod:`diffmem.studies.seeds`: intervals with the seed spread)
 
 Re-running the same sweep skips finished runs (``summary.json`` present; their config and data
 must match the spec, else a clear error), resumes unfinished ones from their last state, and
@@ -244,9 +244,9 @@ def collect_rows(spec: Spec, cells: list[Cell], out: Path) -> list[dict]:
 
 
 def seed_rows(spec: Spec, cells: list[Cell], out: Path, rows: list[dict]) -> list[dict] | None:
-    """With a training-seed axis, one row per configuration over its seeds (:mod:`diffmem.seeds`);
+    """With a training-seed axis, one row per configuration over its seeds (:mod:`diffmem.studies.seeds`);
     else None."""
-    from diffmem.seeds import SEED_KNOB, aggregate_emm, aggregate_runs
+    from diffmem.studies.seeds import SEED_KNOB, aggregate_emm, aggregate_runs
 
     knobs = list(cells[0].knobs) if cells else []
     if SEED_KNOB not in knobs:
