@@ -117,8 +117,8 @@ def pixel(ctx: AuditInputs) -> Criterion:
     ratio = res.nn_ratio
     return Criterion("pixel", True, f"pixel: {int(res.memorized.sum())} of {res.n_generated} samples have d1/d2 < "
                      f"{ctx.threshold:.4g} in pixel space (Yoon et al.)", res.ratio, res.ci95, res.memorized,
-                     {"nn1": res.idx1, "nn2": res.idx2, "d1": res.d1, "d2": res.d2, "ratio": ratio},
-                     {"threshold": ctx.threshold, "stderr": res.stderr, "median_ratio": float(np.median(ratio))})
+                     {"nn1": res.idx1, "nn2": res.idx2, "d1": res.d1, "d2": res.d2, "nn_ratio": ratio},
+                     {"threshold": ctx.threshold, "stderr": res.stderr, "median_nn_ratio": float(np.median(ratio))})
 
 
 def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
@@ -165,7 +165,7 @@ def features(ctx: AuditInputs) -> Criterion:
     flags = res.memorized
     return Criterion("features", True, f"features: {int(flags.sum())} of {len(flags)} samples have d1/d2 < "
                      f"{ctx.threshold:.4g} between {name} embeddings", res.ratio, res.ci95, flags,
-                     {"nn1": res.idx1, "nn2": res.idx2, "d1": res.d1, "d2": res.d2, "ratio": res.nn_ratio},
+                     {"nn1": res.idx1, "nn2": res.idx2, "d1": res.d1, "d2": res.d2, "nn_ratio": res.nn_ratio},
                      {"space": name, "threshold": ctx.threshold})
 
 
