@@ -57,7 +57,7 @@ _EXPORTS = {
     "DataSpec": "diffmem.data.spec", "make_dataset": "diffmem.data.spec", "emm": "diffmem.studies.sweep",
     "estimate_emm": "diffmem.studies.emm", "SizePoint": "diffmem.studies.emm", "EMMSettings": "diffmem.studies.specs",
     "parse_spec": "diffmem.studies.specs", "run_sweep": "diffmem.studies.sweep", "make_report": "diffmem.studies.report",
-    "run_demo": "diffmem.studies.demo",
+    "run_demo": "diffmem.studies.demo", "StudyResult": "diffmem.studies.result", "Engine": "diffmem.studies.engines",
     # intra-class diversity: DataSpec(blend="SOURCE:α", blend_class=K)
     "blend_images": "diffmem.data.blend", "parse_blend": "diffmem.data.blend",
     "replaced_positions": "diffmem.data.blend", "blend_counts": "diffmem.data.spec",
