@@ -190,6 +190,10 @@ def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None, e
     out = prepare_output(spec.name if out is None else out, kind="folder", overwrite=True)
     engine, cells = as_engine(engine), spec.cells()
     here = engine.kind == "local" and workers == 1  # the per-strength lines need the cells in this process
+    if here and threads is None:  # in this process, as before engines: its own thread count
+        import torch
+
+        threads = torch.get_num_threads()
     jobs = [(c.name, run_cell, (c, settings, out / c.name, device, log if here else None)) for c in cells]
     done = dict(engine.run(jobs, workers=workers, threads=threads, out=out, progress=progress))
     rows = [row for c in cells for row in done[c.name]]
