@@ -17,12 +17,15 @@ with the driver (``PR_SET_PDEATHSIG`` on Linux), so a killed sweep leaves no orp
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,24 +201,53 @@ def run_ray(jobs: Iterable[Job], *, workers: int, threads: int, gpus: float = 0.
     except ImportError:
         raise InputError("the ray engine needs Ray: pip install 'diffmem[ray]'", param="engine") from None
     marker = None if out is None else write_marker(Path(out))
-    started = not ray.is_initialized()
-    if started:
-        _quiet_ray(ray_logs)
-        kwargs = dict(address=address) if address else dict(num_cpus=workers * threads)
-        ray.init(include_dashboard=False, log_to_driver=ray_logs, configure_logging=ray_logs,
-                 logging_level=logging.INFO if ray_logs else logging.ERROR, **kwargs)
-    try:
-        remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=2)(_call)
-        futures = {remote.remote(fn, args, threads, marker): key for key, fn, args in jobs}
-        waiting = list(futures)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            yield futures[done[0]], _get(ray, done[0])
-    finally:
-        if marker is not None:
-            Path(marker[0]).unlink(missing_ok=True)
+    with contextlib.ExitStack() as stack:
+        if not ray_logs:
+            stack.enter_context(_native_stderr_to(Path(tempfile.gettempdir()) / f"diffmem-ray-{os.getpid()}.log"))
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            kwargs = dict(address=address) if address else dict(num_cpus=workers * threads)
+            ray.init(include_dashboard=False, log_to_driver=ray_logs, configure_logging=ray_logs,
+                     logging_level=logging.INFO if ray_logs else logging.ERROR, **kwargs)
+        try:
+            remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=2)(_call)
+            futures = {remote.remote(fn, args, threads, marker): key for key, fn, args in jobs}
+            waiting = list(futures)
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                yield futures[done[0]], _get(ray, done[0])
+        finally:
+            if marker is not None:
+                Path(marker[0]).unlink(missing_ok=True)
+            if started:
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path: Path):
+    """Send what Ray's C++ core writes to this process's stderr (file descriptor 2: its start-up notes,
+    the raylet's state dumps when a node or worker dies) to ``path``; diffmem's own lines (Python's
+    ``sys.stderr``) still reach the terminal. The workers' and raylet's logs stay in Ray's session
+    folder (``/tmp/ray/session_latest/logs``) in any case. Ray's Python loggers keep only errors."""
+    ray_logger = logging.getLogger("ray")
+    level = ray_logger.level
+    ray_logger.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    python_stderr = sys.stderr
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    sys.stderr = open(os.dup(terminal), "w", buffering=1, encoding=python_stderr.encoding or "utf-8",
+                      errors="backslashreplace")
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        ray_logger.setLevel(level)
 
 
 def _get(ray, ref):
@@ -224,11 +256,3 @@ def _get(ray, ref):
         return ray.get(ref)
     except SharedStorageError as err:  # Ray raises the task's own exception type (with RayTaskError)
         raise InputError(str(getattr(err, "cause", None) or err).splitlines()[-1], param="out") from None
-
-
-def _quiet_ray(ray_logs: bool) -> None:
-    """Keep the raylet's and workers' log dumps out of the terminal (they still go to Ray's session
-    folder, /tmp/ray/session_latest/logs), unless asked for."""
-    if not ray_logs:
-        for var, value in (("RAY_BACKEND_LOG_LEVEL", "error"), ("RAY_LOG_TO_STDERR", "0"), ("RAY_DEDUP_LOGS", "1")):
-            os.environ.setdefault(var, value)
