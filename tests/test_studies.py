@@ -78,3 +78,19 @@ def test_a_node_without_the_drivers_folder_is_refused_in_one_line(tmp_path):
     (tmp_path / engines.SHARED_MARKER).unlink()
     with pytest.raises(engines.SharedStorageError, match="missing"):
         engines.check_marker(marker)
+
+
+def test_a_study_run_gives_its_table_summary_and_report(tmp_path):
+    """regularization.run in the entry shape: the same rows on one worker here and on two processes."""
+    spec = tmp_path / "reg.toml"
+    spec.write_text('name = "reg"\nmode = "regularization"\n[data]\nsource = "toy2d"\nsize = 20\n[axes]\n'
+                    'size = [10, 20]\n[regularization]\ntikhonov = [0.0, 1.0]\nnum = 30\nsteps = 8\nbootstrap = 10\n')
+    lines = []
+    here = regularization.run(spec, tmp_path / "here", threads=1, log=lines.append)
+    assert isinstance(here, StudyResult) and here.study == "regularization"
+    assert [(r["cell"], r["strength"]) for r in here.rows()] == [(f"size-{n}", c) for n in (10, 20) for c in (0.0, 1.0)]
+    assert here.summary() == f"4 strengths measured; table in {tmp_path / 'here'}/results.csv" and len(lines) == 4
+    pool = regularization.run(spec, tmp_path / "pool", workers=2, threads=1)
+    strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k} for r in rows]  # noqa: E731
+    assert strip(pool.rows()) == strip(here.rows())
+    assert here.report().name == "index.html"
