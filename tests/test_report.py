@@ -90,7 +90,7 @@ def test_a_study_folder_is_reported_with_its_figures_and_short_tables(tmp_path, 
     from matplotlib.figure import Figure
 
     from diffmem.plots import save_figure
-    from diffmem.report import STUDY_ROWS
+    from diffmem.studies.report import STUDY_ROWS
 
     study = tmp_path / "study"
     study.mkdir()

@@ -41,14 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.atomic import write_json, write_npz
+from diffmem.atomic import prepare_output, write_json, write_npz
 from diffmem.config import TrainConfig
 from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.errors import InputError, check_number
 from diffmem.rng import PERMUTATION, check_seed, numpy_rng
-from diffmem.specs import mode_settings
-from diffmem.sweep import train_dataset, write_table
+from diffmem.studies.specs import mode_settings
+from diffmem.studies.sweep import train_dataset, write_table
 
 SPEC_FILE = "twosplit.json"
 SPLIT_KEY = 2**40  # key of the split's draws in the PERMUTATION stream (training uses keys = epochs)
@@ -100,7 +100,7 @@ class TwoSplitPlan:
 
 
 def plan_from_spec(spec) -> TwoSplitPlan:
-    """A :class:`~diffmem.specs.Spec` in mode ``twosplit`` → a plan; errors name the spec key."""
+    """A :class:`~diffmem.studies.specs.Spec` in mode ``twosplit`` → a plan; errors name the spec key."""
     where = spec.path
     if spec.mode != "twosplit":
         raise InputError(f"{where}: mode: the two-split test needs mode = \"twosplit\", got {spec.mode!r}")
@@ -267,10 +267,11 @@ def _check_out(out: Path, plan: TwoSplitPlan) -> None:
                          param="out")
 
 
-def run_twosplit(plan: TwoSplitPlan, out, *, workers: int = 1, threads: int | None = None, log=None) -> TwoSplitResult:
+def run_twosplit(plan: TwoSplitPlan, out, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
+                 progress: bool = False) -> TwoSplitResult:
     """Train the 2 × |sizes| models of ``plan`` on ``workers`` processes, sample each pair from the
     same latents, measure every n, write the table and figures into ``out``; see the module docstring."""
-    from diffmem.engines import default_threads, run_local
+    from diffmem.studies.engines import as_engine
 
     out = Path(out)
     settings = plan.settings
@@ -289,7 +290,7 @@ def run_twosplit(plan: TwoSplitPlan, out, *, workers: int = 1, threads: int | No
                                          str(n_folder(out, n) / f"samples-{side}.npz"), settings))
             for n, both in pairs.items() for side, half in zip("ab", both)]
     done, measured = set(), {}
-    for key, _ in run_local(jobs, workers=workers, threads=threads or default_threads(workers)):
+    for key, _ in as_engine(engine).run(jobs, workers=workers, threads=threads, out=out, progress=progress):
         done.add(key)
         n = int(key[2:].split("/")[0])
         if {f"n={n}/a", f"n={n}/b"} <= done and log is not None:
@@ -378,3 +379,19 @@ def write_figures(out: Path, rows: list[dict], pairs: dict) -> None:
                                      "sample to nearest image of the other half": "rms_other"},
                               "RMS distance (model space)", "two-split test: distances"), out / FIGURES[1])
     save_figure(pairs_figure(out, rows, pairs), out / FIGURES[2])
+
+
+def run(spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
+        progress: bool = False):
+    """The study entry shape (:class:`~diffmem.studies.result.StudyResult`) over :func:`run_twosplit`:
+    ``spec`` a path or a parsed spec, ``out`` new, empty or this spec's earlier two-split (default:
+    a folder named after the spec)."""
+    from diffmem.studies.result import StudyResult
+    from diffmem.studies.specs import Spec, parse_spec
+    from diffmem.studies.sweep import TABLE_CSV
+
+    plan = plan_from_spec(spec if isinstance(spec, Spec) else parse_spec(spec))
+    folder = prepare_output(plan.name if out is None else out, kind="folder", param="out", overwrite=True, create=False)
+    result = run_twosplit(plan, folder, engine=engine, workers=workers, threads=threads, log=log, progress=progress)
+    return StudyResult("two-split", result.out, result.rows,
+                       [f"{len(result.rows)} sizes finished; table in {result.out / TABLE_CSV}"], result)

@@ -46,7 +46,7 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 #: Each mode and the table of mode-specific settings it reads (``None``: none). Modes other than
 #: ``runs`` and ``emm`` are run by their own modules, which validate ``Spec.settings`` themselves.
 MODE_SECTIONS = {"runs": None, "emm": "emm", "timescales": "timescales", "twosplit": "twosplit"}
-MODE_SECTIONS["regularization"] = "regularization"  # closed-form optima (diffmem.regularization)
+MODE_SECTIONS["regularization"] = "regularization"  # closed-form optima (diffmem.studies.regularization)
 #: Modes that train nothing: their [train] table may be left out (then ``Cell.train`` is None).
 UNTRAINED_MODES = ("regularization",)
 TOP_KEYS = ("name", "mode", "combine", "data", "train", "axes", *(s for s in MODE_SECTIONS.values() if s))

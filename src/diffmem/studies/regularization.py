@@ -56,8 +56,8 @@ from diffmem.metrics.proximity import DEFAULT_TOLERANCE, proximity
 from diffmem.plots import save_curves, save_figure
 from diffmem.rng import check_seed
 from diffmem.sampling import SAMPLERS, sample
-from diffmem.specs import Cell, Spec, mode_settings
-from diffmem.sweep import write_table
+from diffmem.studies.specs import Cell, Spec, mode_settings
+from diffmem.studies.sweep import write_table
 
 MODE = "regularization"
 CELL_FILE = "regularization.json"
@@ -178,16 +178,25 @@ def run_cell(cell: Cell, settings: RegularizationSettings, folder: Path, device:
     return rows
 
 
-def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None) -> list[dict]:
+def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None, engine="local", workers: int = 1,
+                       threads: int | None = None, progress: bool = False) -> list[dict]:
     """Run a ``mode = "regularization"`` spec (module docstring) into ``out`` (default: a folder
-    named after the spec); returns the table's rows."""
+    named after the spec), its cells on ``engine``; returns the table's rows."""
+    from diffmem.studies.engines import as_engine
+
     if spec.mode != MODE:
         raise InputError(f"{spec.path}: mode: diffmem regularization runs mode {MODE!r}, got {spec.mode!r}")
     settings = parse_settings(spec)
     out = prepare_output(spec.name if out is None else out, kind="folder", overwrite=True)
-    rows = []
-    for cell in spec.cells():
-        rows += run_cell(cell, settings, out / cell.name, device, log)
+    engine, cells = as_engine(engine), spec.cells()
+    here = engine.kind == "local" and workers == 1  # the per-strength lines need the cells in this process
+    if here and threads is None:  # in this process, as before engines: its own thread count
+        import torch
+
+        threads = torch.get_num_threads()
+    jobs = [(c.name, run_cell, (c, settings, out / c.name, device, log if here else None)) for c in cells]
+    done = dict(engine.run(jobs, workers=workers, threads=threads, out=out, progress=progress))
+    rows = [row for c in cells for row in done[c.name]]
     write_table(out, rows)
     write_json(out / "spec.json", {"spec": spec.path, "name": spec.name, "settings": settings.to_dict()})
     for kind in ("tikhonov", "eb"):
@@ -230,3 +239,18 @@ def scatter_figure(train: np.ndarray, samples: list[tuple[str, float, np.ndarray
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def run(spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
+        progress: bool = False, device: str = "cpu"):
+    """The study entry shape (:class:`~diffmem.studies.result.StudyResult`) over
+    :func:`run_regularization` (``spec`` a path or a parsed spec)."""
+    from diffmem.studies.result import StudyResult
+    from diffmem.studies.specs import parse_spec
+
+    spec = spec if isinstance(spec, Spec) else parse_spec(spec)
+    rows = run_regularization(spec, out, device=device, log=log, engine=engine, workers=workers, threads=threads,
+                              progress=progress)
+    folder = Path(spec.name if out is None else out)
+    return StudyResult("regularization", folder, rows,
+                       [f"{len(rows)} strengths measured; table in {out or spec.name}/results.csv"], rows)

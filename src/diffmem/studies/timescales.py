@@ -38,7 +38,8 @@ import scipy.stats
 
 from diffmem.atomic import write_json, write_text
 from diffmem.errors import InputError, check_number
-from diffmem.specs import mode_settings
+from diffmem.studies.specs import mode_settings
+from diffmem.studies.timescales_figures import curves_figure, point_time, tau_figure
 
 TIME_UNITS = ("images", "steps", "epochs")
 CURVE_FILE, RESULT_FILE, TABLE_CSV, CURVES_CSV = "timescales.json", "results.json", "results.csv", "curves.csv"
@@ -191,11 +192,6 @@ def summary_line(rows: list[dict], fits: dict, settings: TimescaleSettings) -> s
     return "; ".join(parts)
 
 
-def point_time(point: dict, unit: str) -> float:
-    """A snapshot's training time in ``unit``: images (step · batch), steps, or epochs (images / n)."""
-    return {"images": point["images"], "steps": point["step"], "epochs": point["images"] / point["n"]}[unit]
-
-
 # ---------------------------------------------------------------------------------------------
 # Measuring snapshots.
 
@@ -285,22 +281,21 @@ def settings_of(spec) -> TimescaleSettings:
 def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout) -> dict:
     """One n: train (or find, or resume) the run, then measure its snapshots. Runs in a worker."""
     from diffmem.data.spec import make_dataset
-    from diffmem.sweep import train_dataset
+    from diffmem.studies.sweep import train_dataset
 
     dataset = make_dataset(cell.data)
     train_dataset(cell.train, dataset, Path(folder), recipe=cell.data)
     return dict(n=cell.data.size, points=measure_run(folder, dataset, heldout, settings, source=cell.data.source))
 
 
-def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = None, log=None) -> dict:
-    """Run a timescales spec (a path or a parsed :class:`~diffmem.specs.Spec`) into ``out``
-    (default: the spec's name): the per-n runs on a local pool of ``workers`` processes, then the
+def run_timescales(spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
+                   progress: bool = False) -> dict:
+    """Run a timescales spec (a path or a parsed :class:`~diffmem.studies.specs.Spec`) into ``out``
+    (default: the spec's name): the per-n runs on ``engine`` (``workers`` at a time), then the
     analysis (:func:`analyze`), the tables and the figures. Returns the analysis."""
-    from diffmem.engines import default_threads, run_local
-    from diffmem.engines import check_pool
-    from diffmem.specs import Spec, parse_spec
+    from diffmem.studies.engines import as_engine, check_pool
 
-    spec = spec if isinstance(spec, Spec) else parse_spec(spec, mode="timescales")
+    spec = _spec(spec)
     settings = settings_of(spec)
     workers, threads = check_pool(workers, threads)
     out = Path(out if out is not None else spec.name)
@@ -309,13 +304,34 @@ def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = No
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(c.name, job_timescales, (c, settings, str(out / c.name), heldout)) for c in cells]
     curves = {}
-    for key, result in run_local(jobs, workers=workers, threads=threads or default_threads(workers)):
+    for key, result in as_engine(engine).run(jobs, workers=workers, threads=threads, out=out, progress=progress):
         curves[result["n"]] = result["points"]
         if log is not None:
             log(f"{key}: {len(result['points'])} snapshots measured")
     result = analyze(curves, settings)
     write_results(out, result, curves, spec)
     return result
+
+
+def run(spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
+        progress: bool = False):
+    """The study entry shape (:class:`~diffmem.studies.result.StudyResult`) over :func:`run_timescales`."""
+    from diffmem.studies.result import StudyResult
+
+    spec = _spec(spec)
+    result = run_timescales(spec, out, engine=engine, workers=workers, threads=threads, log=log, progress=progress)
+    fmt = lambda v: "never" if v is None else f"{v:.4g}"  # noqa: E731
+    lines = [f"n = {row['n']:>6}: tau_gen {fmt(row['tau_gen'])}, tau_mem {fmt(row['tau_mem'])} "
+             f"{result['settings']['time']}; f_mem at the end {row['f_mem_final']:.3f}" for row in result["rows"]]
+    folder = Path(out if out is not None else spec.name)
+    return StudyResult("timescales", folder, result["rows"], [*lines, result["summary"], f"results in {folder / RESULT_FILE}"],
+                       result)
+
+
+def _spec(spec):
+    from diffmem.studies.specs import Spec, parse_spec
+
+    return spec if isinstance(spec, Spec) else parse_spec(spec, mode="timescales")
 
 
 def _heldout(spec, largest, num: int):
@@ -351,58 +367,3 @@ def _csv(rows: list[dict]) -> str:
         writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else "" if v is None else v
                          for k, v in row.items()})
     return buffer.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures (matplotlib Figure objects, see diffmem.plots).
-
-
-def curves_figure(curves: dict, result: dict, *, collapse: bool):
-    """f_mem (with its CI band) and FD against training time, one line per n, log time axis;
-    ``collapse``: against time / n (seed 003: the f_mem curves fall onto one)."""
-    from matplotlib.figure import Figure
-
-    unit = result["settings"]["time"]
-    fig = Figure(figsize=(8.4, 3.3))
-    ax_f, ax_q = fig.subplots(1, 2)
-    taus = {r["n"]: r for r in result["rows"]}
-    for n in sorted(curves):
-        points = sorted(curves[n], key=lambda p: p["step"])
-        t = np.array([point_time(p, unit) for p in points]) / (n if collapse else 1)
-        line, = ax_f.plot(t, [p["f_mem"] for p in points], "o-", ms=3, label=f"n = {n}")
-        ax_f.fill_between(t, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points], alpha=0.15,
-                          color=line.get_color())
-        ax_q.plot(t, [p["fd"] for p in points], "o-", ms=3, color=line.get_color(), label=f"n = {n}")
-        for ax, key in ((ax_f, "tau_mem"), (ax_q, "tau_gen")):
-            if taus.get(n, {}).get(key) is not None:
-                ax.axvline(taus[n][key] / (n if collapse else 1), color=line.get_color(), ls=":", lw=1)
-    xlabel = f"training time ({unit}){' / n' if collapse else ''}"
-    ax_f.axhline(result["settings"]["threshold"], color="grey", lw=0.8, ls="--")
-    ax_f.set(xscale="log", xlabel=xlabel, ylabel="memorized fraction f_mem", ylim=(-0.03, 1.03))
-    ax_q.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=f"FD to held-out ({result['settings']['features']})")
-    for ax in (ax_f, ax_q):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def tau_figure(result: dict):
-    """τ_gen and τ_mem against n (log-log), with the fit τ_mem = a·n."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.8, 3.4))
-    ax = fig.subplots()
-    rows = result["rows"]
-    for key, label in (("tau_mem", "τ_mem"), ("tau_gen", "τ_gen")):
-        ok = [r for r in rows if r[key] is not None]
-        ax.plot([r["n"] for r in ok], [r[key] for r in ok], "o", label=label)
-    if "tau_mem" in result["fits"]:
-        ns = np.array([r["n"] for r in rows], dtype=float)
-        a = result["fits"]["tau_mem"]["proportional"]["a"]
-        ax.plot(ns, a * ns, "--", lw=1, label=f"a·n, a = {a:.3g}")
-    ax.set(xscale="log", yscale="log", xlabel="training-set size n", ylabel=f"τ ({result['settings']['time']})")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig

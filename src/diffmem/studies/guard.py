@@ -7,9 +7,10 @@ window grows with n. Two controls act on it:
 - ``TrainConfig(guard=F, track_every=K)`` (``diffmem train --guard F``): at every tracked measurement
   the EMA net is also saved as a snapshot; once the tracked memorization ratio exceeds ``F`` the
   loop stops cleanly (snapshot and state saved), ``RUN/guard.json`` says why and when, and the
-  summary carries it as ``stopped``. A resumed stopped run trains no further.
+  summary carries it as ``stopped``. A resumed stopped run trains no further. That per-step check
+  is :func:`diffmem.tracking.guard_check`, beside the measurement it reads: the loop knows no study.
 - :func:`select_snapshot` (``diffmem select RUN --max-memorization F``): measure every snapshot of a
-  run (f_mem with its CI and the FD to held-out images, :func:`diffmem.timescales.measure_run`,
+  run (f_mem with its CI and the FD to held-out images, :func:`diffmem.studies.timescales.measure_run`,
   cached in ``RUN/timescales.json``) and pick the one with the best (lowest) FD among those with
   ``f_mem ≤ F``, printed as one line a practitioner can act on.
 """
@@ -20,41 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from diffmem.atomic import write_json
 from diffmem.errors import InputError, check_number
-from diffmem.runs import GUARD_FILE
-
-
-
-# ---------------------------------------------------------------------------------------------
-# During training.
-
-
-def guard_check(loop, result: dict | None) -> dict | None:
-    """After a tracked measurement (``result`` on rank 0, None elsewhere): the stop record when the
-    ratio exceeds ``loop.config.guard`` (written to ``RUN/guard.json``), else None. Every process
-    gets the same answer (rank 0's decision is broadcast)."""
-    import torch
-
-    guard = loop.config.guard
-    if guard is None:
-        return None
-    tripped = loop.rank == 0 and result["ratio"] > guard
-    if loop.world_size > 1:
-        flag = torch.tensor([float(tripped)], device=loop.device)
-        torch.distributed.broadcast(flag, 0)
-        tripped = bool(flag.item())
-    if not tripped:
-        return None
-    nimg = loop.step * loop.config.batch
-    stop = dict(reason="guard", guard=guard, step=loop.step, epoch=nimg // loop.record["num_images"],
-                ratio=result["ratio"] if result else None, ci95=result["ci95"] if result else None,
-                message=f"stopped by the guard at epoch {nimg // loop.record['num_images']} (step {loop.step}): "
-                        f"memorization ratio {result['ratio']:.3f} > {guard:g}" if result else "stopped by the guard")
-    if loop.rank == 0:
-        write_json(loop.out / GUARD_FILE, stop)
-    return stop
-
 
 # ---------------------------------------------------------------------------------------------
 # After training: which snapshot to use.
@@ -89,7 +56,7 @@ def choose(points: list[dict], max_memorization: float) -> dict | None:
 def answer_line(run: str, points: list[dict], best: dict | None, max_memorization: float) -> str:
     """One line: the snapshot to use, its f_mem (CI) and FD, and where memorization starts."""
     from diffmem.runs import snapshot_name
-    from diffmem.timescales import tau_mem
+    from diffmem.studies.timescales import tau_mem
 
     steps = [p["step"] for p in points]
     onset = tau_mem([p["epoch"] or 1 for p in points], [p["f_mem"] for p in points], max_memorization) \
@@ -116,7 +83,7 @@ def select_snapshot(run, max_memorization: float, *, heldout=None, train=None, f
     data recipe (``digits``, ``mnist``, ``fashion-mnist``). Measurements are cached in
     ``RUN/timescales.json``."""
     from diffmem.runs import list_snapshots, read_record
-    from diffmem.timescales import TimescaleSettings, measure_run
+    from diffmem.studies.timescales import TimescaleSettings, measure_run
 
     max_memorization = check_number("max_memorization", max_memorization, lo=0, hi=1)
     if run is None or not str(run).strip() or not Path(run).is_dir():

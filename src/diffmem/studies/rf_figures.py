@@ -1,4 +1,4 @@
-"""Figures of the random-features study (:mod:`diffmem.rf_study`), as matplotlib ``Figure``
+"""Figures of the random-features study (:mod:`diffmem.studies.rf`), as matplotlib ``Figure``
 objects (no pyplot; see :mod:`diffmem.plots`):
 
 - :func:`loss_figure`: train and test loss (solid / dashed) and score error against τ, one colour

@@ -6,7 +6,7 @@ while a small trained DDPM++ copies only small training sets — its EMM, measur
    held-out real digits (what a perfect generalizer would draw) as the other reference: 0.0;
 3. a 0.18 M-parameter DDPM++ (preset ``tiny`` at 16 channels, EDM preconditioning) trained for
    the same number of epochs at every |D| (seed 001's protocol), its memorization ratio tracked,
-   and EMM_0.1 interpolated with its interval — through :func:`diffmem.sweep.emm`, the code path of
+   and EMM_0.1 interpolated with its interval — through :func:`diffmem.studies.sweep.emm`, the code path of
    ``diffmem emm`` (the spec is written beside the results, to re-run or change);
 4. the report: ratio vs |D| (optimum and network, with 1 - ε and the EMM), ratio vs epoch,
    a nearest-neighbour grid at the largest memorized size; PNGs and ``report/index.html``.
@@ -28,13 +28,14 @@ from diffmem.data.sources import load_source
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.data.subsets import class_balanced_indices
 from diffmem.denoisers.optimal import OptimalDenoiser
-from diffmem.emm import SizePoint, estimate_emm
+from diffmem.studies.emm import SizePoint, estimate_emm
 from diffmem.errors import check_number
 from diffmem.metrics.memorization import memorization
-from diffmem.report import emm_report, ratio_vs_size, render_html
+from diffmem.pages import render_html
+from diffmem.studies.report import emm_report, ratio_vs_size
 from diffmem.rng import check_seed
 from diffmem.sampling import sample
-from diffmem.sweep import emm
+from diffmem.studies.sweep import emm
 
 DEMO_SIZES = (8, 16, 32, 64)
 DEMO_TRAIN = dict(preset="tiny", channels=16, precond="edm", epochs=1000, batch=32, lr=2e-3, ema_rate=0.99, ema_rampup=0.05,
@@ -85,7 +86,7 @@ def run_demo(out, *, sizes=DEMO_SIZES, epochs: float = 1000, samples: int = 200,
     optimum, held_out = optimum_points(sizes, samples, seed, log)
     log(f"training a 0.18 M-parameter DDPM++ for {epochs:g} epochs at |D| = {', '.join(map(str, sizes))} "
         f"on {workers} workers; each line below is a finished run ...")
-    from diffmem.specs import parse_spec
+    from diffmem.studies.specs import parse_spec
 
     estimate = emm(parse_spec(out / "spec.toml", mode="emm"), out / "emm", workers=workers, progress=progress,
                    log=lambda line: log("  " + line))

@@ -14,7 +14,7 @@ width of the per-seed sampling CIs is reported beside it, so a reader sees which
 
 EMM over seeds. EMM_ε = max{|D| : E[ratio] ≥ 1 - ε}, and the expectation is over training too: the
 estimate interpolates the seed-mean ratio at each size, and its interval comes from the seed
-intervals' ends (as :func:`diffmem.emm.estimate_emm` does from CIs). Each seed's own EMM is listed
+intervals' ends (as :func:`diffmem.studies.emm.estimate_emm` does from CIs). Each seed's own EMM is listed
 as well (``emm_seed_min`` … ``emm_seed_max``: the seed spread of the base).
 """
 
@@ -25,7 +25,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from diffmem.emm import SizePoint, estimate_emm
+from diffmem.studies.emm import SizePoint, estimate_emm
 
 SEED_KNOB = "seed"
 

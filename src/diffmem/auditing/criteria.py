@@ -37,8 +37,9 @@ from diffmem.errors import InputError
 from diffmem.metrics import copying as copying_metrics
 from diffmem.metrics import extraction as extraction_metrics
 from diffmem.metrics import membership as membership_metrics
-from diffmem.metrics.memorization import DEFAULT_SIMILARITY_THRESHOLD, bootstrap_ci, is_memorized, memorization
-from diffmem.metrics.neighbors import knn
+from diffmem.metrics.features import unit_rows
+from diffmem.metrics.memorization import (DEFAULT_SIMILARITY_THRESHOLD, bootstrap_ci, embedded_memorization,
+                                         memorization)
 
 #: Somepalli et al. (DCR) call a generation a replication when its similarity exceeds 0.5.
 REPLICATION_SIMILARITY = DEFAULT_SIMILARITY_THRESHOLD
@@ -116,8 +117,8 @@ def pixel(ctx: AuditInputs) -> Criterion:
     ratio = res.nn_ratio
     return Criterion("pixel", True, f"pixel: {int(res.memorized.sum())} of {res.n_generated} samples have d1/d2 < "
                      f"{ctx.threshold:.4g} in pixel space (Yoon et al.)", res.ratio, res.ci95, res.memorized,
-                     {"nn1": res.idx1, "nn2": res.idx2, "d1": res.d1, "d2": res.d2, "ratio": ratio},
-                     {"threshold": ctx.threshold, "stderr": res.stderr, "median_ratio": float(np.median(ratio))})
+                     {"nn1": res.idx1, "nn2": res.idx2, "d1": res.d1, "d2": res.d2, "nn_ratio": ratio},
+                     {"threshold": ctx.threshold, "stderr": res.stderr, "median_nn_ratio": float(np.median(ratio))})
 
 
 def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
@@ -127,12 +128,12 @@ def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
     training images. Extractor failures and malformed outputs raise InputError naming ``features``."""
     if "train" in ctx._found:
         return ctx._found["train"], ctx._found["gen"], ctx._found["name"]
-    from diffmem.metrics.features import load_features
+    from diffmem.metrics.features import checked_embedding, load_features
 
     rows = chunk_rows(ctx.train.shape, ctx.memory_limit)
     reference = np.asarray(ctx.train.images[:min(len(ctx.train), rows, 10_000)])
     extractor = load_features(ctx.features, reference=reference, source=ctx.source, device=ctx.device)
-    gen = _embed(extractor, ctx.generated, None)
+    gen = checked_embedding(extractor, ctx.generated, what="generated")
     k = gen.shape[1]
     big = len(ctx.train) * k * 4 > ctx.memory_limit // 4
     train = (np.lib.format.open_memmap(ctx.cache / "train-features.npy", mode="w+", dtype=np.float32,
@@ -140,30 +141,11 @@ def embedded(ctx: AuditInputs) -> tuple[np.ndarray, np.ndarray, str]:
     with tqdm(total=len(ctx.train), desc=f"embedding ({getattr(extractor, 'name', 'features')})", unit="img",
               disable=not ctx.progress, leave=False) as bar:
         for i0, block in ctx.train.chunks(rows):
-            train[i0:i0 + len(block)] = _embed(extractor, block, k)
+            train[i0:i0 + len(block)] = checked_embedding(extractor, block, what="training", k=k)
             bar.update(len(block))
     name = str(getattr(extractor, "name", ctx.features))
     ctx._found.update(train=train, gen=gen, name=name)
     return train, gen, name
-
-
-def _embed(extractor, images: np.ndarray, k: int | None) -> np.ndarray:
-    try:
-        out = extractor.embed(images, batch=256, progress=False)
-    except InputError:
-        raise
-    except Exception as err:  # a user's extractor may fail any way: one line naming it
-        raise InputError(f"the feature extractor failed ({type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})",
-                         param="features") from None
-    out = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out)
-    if out.ndim != 2 or len(out) != len(images) or (k is not None and out.shape[1] != k) or out.shape[1] == 0:
-        want = f"({len(images)}, {k if k is not None else 'k'})"
-        raise InputError(f"the feature extractor returned shape {tuple(out.shape)} for {len(images)} images; "
-                         f"expected {want}", param="features")
-    if not np.issubdtype(out.dtype, np.number) or not np.isfinite(out).all():
-        raise InputError("the feature extractor returned non-finite or non-numeric values", param="features")
-    return out.astype(np.float32, copy=False)
 
 
 def _skip(name: str, why: str) -> Criterion:
@@ -171,31 +153,25 @@ def _skip(name: str, why: str) -> Criterion:
 
 
 def features(ctx: AuditInputs) -> Criterion:
-    """The 1/3 ratio between embeddings (L2 in feature space)."""
+    """The 1/3 ratio between embeddings (L2 in feature space): the measurement of
+    ``diffmem memorization --features`` (:func:`~diffmem.metrics.memorization.embedded_memorization`)
+    on the streamed embeddings."""
     if ctx.features is None:
         return _skip("features", "no feature space given (--features)")
     train, gen, name = embedded(ctx)
     _stage(ctx, f"nearest neighbours in {name} space")
-    nb = knn(gen, train, k=2, memory_limit=ctx.memory_limit, device=ctx.device, progress=ctx.progress)
-    flags = is_memorized(nb.dist[:, 0], nb.dist[:, 1], ctx.threshold)
-    ci, _ = bootstrap_ci(flags, 1000, ctx.seed)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(nb.dist[:, 0] == 0, 0.0, nb.dist[:, 0] / nb.dist[:, 1])
+    res = embedded_memorization(train, gen, metric="l2", threshold=ctx.threshold, features=name, background=False,
+                                memory_limit=ctx.memory_limit, device=ctx.device, seed=ctx.seed, progress=ctx.progress)
+    flags = res.memorized
     return Criterion("features", True, f"features: {int(flags.sum())} of {len(flags)} samples have d1/d2 < "
-                     f"{ctx.threshold:.4g} between {name} embeddings", float(flags.mean()), ci, flags,
-                     {"nn1": nb.index[:, 0], "nn2": nb.index[:, 1], "d1": nb.dist[:, 0], "d2": nb.dist[:, 1],
-                      "ratio": ratio}, {"space": name, "threshold": ctx.threshold})
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero): ``x / ‖x‖``, (N, k) float32."""
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+                     f"{ctx.threshold:.4g} between {name} embeddings", res.ratio, res.ci95, flags,
+                     {"nn1": res.idx1, "nn2": res.idx2, "d1": res.d1, "d2": res.d2, "nn_ratio": res.nn_ratio},
+                     {"space": name, "threshold": ctx.threshold})
 
 
 def replication(ctx: AuditInputs) -> Criterion:
-    """DCR's rule: cosine similarity to the most similar training embedding above 0.5. On unit
-    vectors ``cos(a, b) = 1 - ‖a - b‖² / 2``, so the most similar is the L2-nearest."""
+    """DCR's rule: cosine similarity to the most similar training embedding above 0.5 (the cosine
+    measurement of :func:`~diffmem.metrics.memorization.embedded_memorization` on unit rows)."""
     if ctx.features is None:
         return _skip("replication", "no feature space given (--features)")
     train, gen, name = embedded(ctx)
@@ -204,13 +180,14 @@ def replication(ctx: AuditInputs) -> Criterion:
     rows = chunk_rows((train.shape[1],), ctx.memory_limit)
     for i0 in range(0, len(train), rows):  # chunk by chunk: the embeddings may be memory-mapped
         unit_train[i0:i0 + rows] = unit_rows(np.asarray(train[i0:i0 + rows]))
-    nb = knn(unit_rows(gen), unit_train, k=1, memory_limit=ctx.memory_limit, device=ctx.device, progress=ctx.progress)
-    sim = 1.0 - nb.dist[:, 0] ** 2 / 2.0
-    flags = sim > REPLICATION_SIMILARITY
+    res = embedded_memorization(unit_train, unit_rows(gen), metric="cosine", threshold=ctx.threshold, features=name,
+                                similarity_threshold=REPLICATION_SIMILARITY, background=False, bootstrap=0,
+                                memory_limit=ctx.memory_limit, device=ctx.device, progress=ctx.progress)
+    sim, flags = res.similarity, res.replicated
     ci, _ = bootstrap_ci(flags, 1000, ctx.seed)
     return Criterion("replication", True, f"replication: {int(flags.sum())} of {len(flags)} samples have cosine "
                      f"similarity > {REPLICATION_SIMILARITY:g} to a training image in {name} space (DCR)",
-                     float(flags.mean()), ci, flags, {"nn1": nb.index[:, 0], "similarity": sim},
+                     float(flags.mean()), ci, flags, {"nn1": res.idx1, "similarity": sim},
                      {"space": name, "similarity_threshold": REPLICATION_SIMILARITY,
                       "median_similarity": float(np.median(sim))})
 

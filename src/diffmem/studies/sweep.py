@@ -1,5 +1,5 @@
-"""Sweeps: a base config and axes over any knob (:mod:`diffmem.specs`), run as resumable cells on a
-local pool or Ray (:mod:`diffmem.engines`), gathered into one table.
+"""Sweeps: a base config and axes over any knob (:mod:`diffmem.studies.specs`), run as resumable cells on a
+local pool or Ray (:mod:`diffmem.studies.engines`), gathered into one table.
 
     OUT/sweep.json                 the spec as run (cells and their configs)
     OUT/<cell>/                    mode "runs": the cell's run folder (config.json, snapshots, ...)
@@ -7,7 +7,7 @@ local pool or Ray (:mod:`diffmem.engines`), gathered into one table.
     OUT/<cell>/emm.json            ... and the cell's EMM estimate
     OUT/results.csv, results.json  one row per cell
     OUT/seeds.csv, seeds.json      with a ``train.seed`` axis: one row per configuration over its
-                                   training seeds (:mod:`diffmem.seeds`: intervals with the seed spread)
+                                   training seeds (:mod:`diffmem.studies.seeds`: intervals with the seed spread)
 
 Re-running the same sweep skips finished runs (``summary.json`` present; their config and data
 must match the spec, else a clear error), resumes unfinished ones from their last state, and
@@ -27,10 +27,10 @@ from pathlib import Path
 from diffmem.atomic import write_json, write_text
 from diffmem.config import TrainConfig
 from diffmem.data.spec import DataSpec, make_dataset
-from diffmem.emm import EMMEstimate, SizePoint, adaptive_search, estimate_emm
+from diffmem.studies.emm import EMMEstimate, SizePoint, adaptive_search, estimate_emm
 from diffmem.errors import InputError
 from diffmem.runs import CONFIG_FILE, SUMMARY_FILE, read_record
-from diffmem.specs import Cell, EMMSettings, Spec
+from diffmem.studies.specs import Cell, EMMSettings, Spec
 
 MEMORIZATION_ONSET = 0.1  # "first memorization": the first tracked epoch with a ratio at least this
 SWEEP_FILE, EMM_FILE, TABLE_CSV, TABLE_JSON = "sweep.json", "emm.json", "results.csv", "results.json"
@@ -160,7 +160,7 @@ def remeasure(point: SizePoint, num: int, data: DataSpec) -> SizePoint:
 
 
 def adaptive_cell(cell: Cell, settings: EMMSettings, cell_folder: Path) -> EMMEstimate:
-    """One cell's EMM by :func:`diffmem.emm.adaptive_search` (sequential: each size follows the last)."""
+    """One cell's EMM by :func:`diffmem.studies.emm.adaptive_search` (sequential: each size follows the last)."""
     return adaptive_search(
         lambda size: measure_size(cell, size, settings, cell_folder), min_size=settings.min_size,
         max_size=settings.max_size, epsilon=settings.epsilon, factor=settings.factor,
@@ -244,9 +244,9 @@ def collect_rows(spec: Spec, cells: list[Cell], out: Path) -> list[dict]:
 
 
 def seed_rows(spec: Spec, cells: list[Cell], out: Path, rows: list[dict]) -> list[dict] | None:
-    """With a training-seed axis, one row per configuration over its seeds (:mod:`diffmem.seeds`);
+    """With a training-seed axis, one row per configuration over its seeds (:mod:`diffmem.studies.seeds`);
     else None."""
-    from diffmem.seeds import SEED_KNOB, aggregate_emm, aggregate_runs
+    from diffmem.studies.seeds import SEED_KNOB, aggregate_emm, aggregate_runs
 
     knobs = list(cells[0].knobs) if cells else []
     if SEED_KNOB not in knobs:
@@ -299,14 +299,14 @@ def _estimate(spec: Spec, out: Path, cell: Cell, estimate: EMMEstimate | None = 
     return estimate
 
 
-def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, threads: int | None = None,
+def run_sweep(spec: Spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None,
               address: str | None = None, gpus: float = 0.0, progress: bool = False, log=None) -> SweepResult:
     """Run every cell of ``spec`` into ``out`` (default: a folder named after the spec) on the
-    ``local`` pool of ``workers`` processes or on ``ray``; see the module docstring."""
-    from diffmem.engines import default_threads, run_local, run_ray
+    ``local`` pool of ``workers`` processes or on ``ray`` (a name or an
+    :class:`~diffmem.studies.engines.Engine`); see the module docstring."""
+    from diffmem.studies.engines import as_engine
 
-    if engine not in ("local", "ray"):
-        raise InputError(f"expected local or ray, got {engine!r}", param="engine")
+    engine = as_engine(engine, address=address, gpus=gpus)
     if spec.mode not in ("runs", "emm"):  # the study modes have their own commands
         command = {"twosplit": "two-split"}.get(spec.mode, spec.mode)
         raise InputError(f"{spec.path}: mode {spec.mode} is run by `diffmem {command} SPEC`, not by a sweep")
@@ -317,9 +317,7 @@ def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, 
                                   "emm": None if spec.emm is None else vars(spec.emm),
                                   "cells": [c.to_dict() for c in cells]})
     jobs = _jobs(spec, cells, out)
-    threads = threads or default_threads(workers)
-    runner = run_local(jobs, workers=workers, threads=threads) if engine == "local" else \
-        run_ray(jobs, workers=workers, threads=threads, gpus=gpus, address=address)
+    runner = engine.run(jobs, workers=workers, threads=threads, out=out)
     remaining = {c.name: sum(1 for key, _, _ in jobs if key.split("/")[0] == c.name) for c in cells}
     estimates, by_name = {}, {c.name: c for c in cells}
     from tqdm.auto import tqdm
@@ -353,10 +351,10 @@ def _job_line(key: str, result, estimate: EMMEstimate | None) -> str:
 
 def emm(spec=None, out=None, *, data: DataSpec | None = None, train: TrainConfig | None = None,
         settings: EMMSettings | None = None, **engine) -> EMMEstimate:
-    """EMM_ε of one configuration: ``spec`` a spec file (or :class:`~diffmem.specs.Spec`) in mode
+    """EMM_ε of one configuration: ``spec`` a spec file (or :class:`~diffmem.studies.specs.Spec`) in mode
     emm, or the three parts ``data``, ``train``, ``settings``. Runs go to ``out``; ``engine``
     keywords as :func:`run_sweep`. Returns the estimate (also in ``OUT/base/emm.json``)."""
-    from diffmem.specs import parse_spec
+    from diffmem.studies.specs import parse_spec
 
     if spec is None:
         if data is None or train is None or settings is None:
@@ -365,8 +363,34 @@ def emm(spec=None, out=None, *, data: DataSpec | None = None, train: TrainConfig
         spec.cells()
     elif not isinstance(spec, Spec):
         spec = parse_spec(spec, mode="emm")
+    check_one_configuration(spec)
+    result = run_sweep(spec, out, **engine)
+    return result.estimates[spec.cells()[0].name]
+
+
+def check_one_configuration(spec: Spec) -> Spec:
+    """An EMM spec: mode emm and no axes."""
     if spec.mode != "emm" or spec.axes:
         raise InputError(f"{spec.path}: diffmem emm takes one configuration (mode emm, no [axes]); "
                          "use diffmem sweep for several", param="spec")
-    result = run_sweep(spec, out, **engine)
-    return result.estimates[spec.cells()[0].name]
+    return spec
+
+
+def run(spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
+        progress: bool = False):
+    """The study entry shape (:class:`~diffmem.studies.result.StudyResult`): a sweep, or one EMM when
+    ``spec`` (a path or a parsed spec) is in mode emm without axes."""
+    from diffmem.studies.result import StudyResult
+    from diffmem.studies.specs import parse_spec
+
+    spec = spec if isinstance(spec, Spec) else parse_spec(spec)
+    options = dict(engine=engine, workers=workers, threads=threads, log=log, progress=progress)
+    if spec.mode == "emm" and not spec.axes:
+        estimate = emm(spec, out, **options)
+        folder = Path(out if out is not None else spec.name)
+        lines = [f"|D| = {p.size:>6}: ratio {p.ratio:.3f} [{p.ci95[0]:.3f}, {p.ci95[1]:.3f}] (epoch {p.epoch:g})"
+                 for p in estimate.points]
+        return StudyResult("emm", folder, collect_rows(spec, spec.cells(), folder), [*lines, estimate.advice], estimate)
+    result = run_sweep(spec, out, **options)
+    return StudyResult("sweep", result.out, result.rows,
+                       [f"{len(result.rows)} cells finished; table in {result.out / TABLE_CSV}"], result)

@@ -6,7 +6,7 @@ or in memory) or a model (a diffmem run folder, a diffusers UNet folder, a Torch
 loaded :class:`~diffmem.denoisers.protocol.Denoiser`, from which it draws ``num`` samples and saves
 them), a training set (read in chunks through :mod:`diffmem.data.stream`, so a set larger than
 memory is audited within ``memory_limit`` bytes), and optionally a held-out set. It runs the
-criteria of :mod:`diffmem.audit_criteria` that these inputs allow, says which it skipped and why,
+criteria of :mod:`diffmem.auditing.criteria` that these inputs allow, says which it skipped and why,
 and returns an :class:`AuditResult` with a per-sample table and a one-line :attr:`~AuditResult.verdict`.
 
 The gate: with ``fail_above = R``, the audit *fails* when the flagged fraction of the ``gate``
@@ -26,7 +26,7 @@ Membership inference scores a seeded subset of min(N, H, 2000) training images.
 Outputs under ``out`` (a new or empty folder; nothing is overwritten): ``audit.json`` (the summary),
 ``per_sample.csv`` and ``per_sample.npz`` (one row per generated sample: nearest training images,
 distances per criterion, flags), ``samples.npz`` when a model was sampled, and ``report/index.html``
-with its figures (:mod:`diffmem.audit_report`).
+with its figures (:mod:`diffmem.auditing.report`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from diffmem.atomic import prepare_output
-from diffmem.audit_criteria import CRITERIA, AuditInputs, Criterion
-from diffmem.audit_inputs import resolve_generated
+from diffmem.auditing.criteria import CRITERIA, AuditInputs, Criterion
+from diffmem.auditing.inputs import resolve_generated
 from diffmem.data.stream import DEFAULT_MEMORY_LIMIT, open_streamed
 from diffmem.errors import InputError, check_number
 from diffmem.metrics.memorization import DEFAULT_THRESHOLD
@@ -198,7 +198,7 @@ def _finish(ctx: AuditInputs, gate: str, fail_above: float | None, out: Path | N
         raise InputError(f"the gate criterion {gate} did not run ({result.criterion(gate).explanation})",
                          param="gate")
     if out is not None:
-        from diffmem.audit_report import write_audit
+        from diffmem.auditing.report import write_audit
 
         write_audit(result, ctx, out, samples=ctx.generated if ctx.denoiser is not None else None)  # sets result.files
     return result
@@ -206,7 +206,7 @@ def _finish(ctx: AuditInputs, gate: str, fail_above: float | None, out: Path | N
 
 def _open(source, what: str, memory_limit: int, cache: Path, progress: bool, opened: list):
     """A path is opened for chunked reading; an in-memory set is wrapped as it is."""
-    from diffmem.audit_inputs import in_memory_set
+    from diffmem.auditing.inputs import in_memory_set
 
     if isinstance(source, (str, Path)):
         s = open_streamed(source, memory_limit=memory_limit, cache_dir=cache, what=what, progress=progress)

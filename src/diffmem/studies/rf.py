@@ -59,7 +59,7 @@ import torch
 from diffmem.denoisers.random_features import (RandomFeatureScore, diffusion_coefficients, dsm_loss,
                                                dsm_loss_and_gradient, noisy_inputs, score_error)
 from diffmem.errors import InputError, check_number
-from diffmem.specs import read_toml
+from diffmem.studies.specs import read_toml
 
 STABILITY_LIMIT = 1.5  # refuse dt·Δ_t·λ_max(U)/ψ_p above this (GD on a quadratic diverges at 2)
 EVAL_CHUNK = 2048  # rows per evaluation batch (bounds memory at (chunk, p))
@@ -333,16 +333,16 @@ def _fits(rows: list[dict], psi_ps, key: str, delta: float) -> dict:
     return fits
 
 
-def run_rf_study(name: str, settings: RFSettings, out, *, workers: int = 1, threads: int | None = None,
-                 log=print) -> dict:
+def run_rf_study(name: str, settings: RFSettings, out, *, engine="local", workers: int = 1,
+                 threads: int | None = None, log=print, progress: bool = False) -> dict:
     """Run every cell (``workers`` processes), then write ``out``: results.json, curves.csv,
-    onsets.csv and the figures (:mod:`diffmem.rf_figures`). Refuses an ``out`` that already holds
+    onsets.csv and the figures (:mod:`diffmem.studies.rf_figures`). Refuses an ``out`` that already holds
     any of them, before any work; every file is written atomically."""
     import time
 
     from diffmem.atomic import prepare_output, write_json, write_text
-    from diffmem.engines import default_threads, run_local
-    from diffmem.rf_figures import save_figures, FIGURES
+    from diffmem.studies.engines import as_engine
+    from diffmem.studies.rf_figures import save_figures, FIGURES
 
     names = (RESULTS_JSON, CURVES_CSV, ONSETS_CSV, *FIGURES)
     out = prepare_output(out, kind="folder", names=names, create=False)
@@ -351,9 +351,10 @@ def run_rf_study(name: str, settings: RFSettings, out, *, workers: int = 1, thre
     start = time.time()
     jobs = [(c["name"], simulate, (c, settings)) for c in settings.cells()]
     results = {}
-    for key, result in run_local(jobs, workers=workers, threads=threads or default_threads(workers)):
+    for key, result in as_engine(engine).run(jobs, workers=workers, threads=threads, out=out, progress=progress):
         results[key] = result
-        log(f"{key}: onset tau = {result['tau_onset']}")
+        if log is not None:
+            log(f"{key}: onset tau = {result['tau_onset']}")
     cells = [results[c["name"]] for c in settings.cells()]
     summary = summarize(cells, settings)
     record = {"name": name, "settings": asdict(settings), "stability": margins,
@@ -384,3 +385,22 @@ def _curves_csv(cells: list[dict]) -> str:
     rows = [{"name": c["name"], "psi_n": c["psi_n"], "psi_p": c["psi_p"], "seed": c["seed"],
              **{k: c[k][i] for k in keys}} for c in cells for i in range(len(c["tau"]))]
     return _table_csv(rows)
+
+
+def run(spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
+        progress: bool = False):
+    """The study entry shape (:class:`~diffmem.studies.result.StudyResult`) over :func:`run_rf_study`:
+    ``spec`` a TOML path or ``(name, RFSettings)``; ``out`` defaults to a folder named after it."""
+    from diffmem.studies.result import StudyResult
+
+    name, settings = parse_rf_spec(spec) if isinstance(spec, (str, Path)) else spec
+    out = Path(name if out is None else out)
+    record = run_rf_study(name, settings, out, engine=engine, workers=workers, threads=threads, log=log,
+                          progress=progress)
+    lines = []
+    for key, fit in record["fits"].items():
+        line = fit.get("linear")
+        lines.append(f"psi_p = {key}: onset tau = {line['slope']:.4g} * psi_n {line['intercept']:+.4g} "
+                     f"(R^2 = {line['r2']:.3f}; exponent {fit['power']['exponent']:.3f})" if line
+                     else f"psi_p = {key}: {fit['note']}")
+    return StudyResult("random-features", out, record["rows"], [*lines, f"results in {out}/{RESULTS_JSON}"], record)

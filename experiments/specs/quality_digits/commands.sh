@@ -3,7 +3,7 @@
 # (the cached classifier, pca:16, pixels) and the held-out loss gap, for the optimum, a
 # Tikhonov-regularized optimum, a second held-out set (the real-vs-real floor) and the snapshots of
 # one tiny DDPM++ trained for 1000 epochs on |D| = 64. Run from the repository root:
-#   OMP_NUM_THREADS=1 bash experiments/results/quality_digits/commands.sh WORK_DIR
+#   OMP_NUM_THREADS=1 bash experiments/specs/quality_digits/commands.sh WORK_DIR
 # Writes WORK_DIR/... (data, run, samples; kept, so a re-run only measures again) and
 # experiments/results/quality_digits/quality.jsonl, quality.csv, quality.png.
 set -euo pipefail
@@ -31,4 +31,4 @@ for snap in $W/run/snapshot-epoch*.safetensors; do
   [ -e $W/samples-$e.npz ] || diffmem sample --network $snap --num 500 --seed 1 --out $W/samples-$e.npz
   measure net $W/samples-$e.npz $e $snap
 done
-python experiments/results/quality_digits/summarize.py $R/quality.jsonl
+python experiments/specs/quality_digits/summarize.py $R/quality.jsonl

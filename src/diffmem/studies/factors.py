@@ -4,7 +4,7 @@ one page.
 A factor study (seed 001, Gu et al. 2025) is a folder of sweeps, one per finding (the base EMM, the
 labels, weight decay, width, ...), each made by ``diffmem sweep`` from its spec. This module reads
 each sweep's table — ``seeds.json`` (intervals that include the training-seed spread,
-:mod:`diffmem.seeds`) where the sweep has a seed axis, else ``results.json`` (sampling CIs of one
+:mod:`diffmem.studies.seeds`) where the sweep has a seed axis, else ``results.json`` (sampling CIs of one
 seed) — and draws one figure: EMM findings on a log |D| axis, ratio findings on a [0, 1] axis, a row
 per factor value, grouped by finding, the base's EMM as a band. ``diffmem report STUDY`` writes it
 with the table beside it; each sweep keeps its own report (``diffmem report STUDY/NAME``).

@@ -1,5 +1,5 @@
 """The audit's files: the per-sample table (CSV and npz), ``audit.json``, the samples drawn from a
-model, and the HTML page (through :func:`diffmem.report.render_html`, the page ``diffmem report``
+model, and the HTML page (through :func:`diffmem.pages.render_html`, the page ``diffmem report``
 writes: self-contained, figures embedded).
 
 Per-sample columns (one row per generated sample ``sample``): for each criterion that ran,
@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from diffmem.atomic import write_json, write_npz, write_text
 from diffmem.plots import neighbor_grid, save_figure
-from diffmem.report import MARKER, Report, render_html
+from diffmem.pages import MARKER, Report, render_html
 
 TOP_ROWS = 20  # samples listed on the page (the CSV has them all)
 
@@ -91,8 +91,8 @@ def _criteria_rows(result) -> list[dict]:
 def _top_rows(result) -> list[dict]:
     """The TOP_ROWS samples with the lowest pixel d1/d2, with every criterion's nearest and flag."""
     table = result.table()
-    order = np.argsort(table["pixel_ratio"], kind="stable")[:TOP_ROWS]
-    keep = [k for k in table if k == "sample" or k.endswith(("_nn1", "_ratio", "_flag", "_similarity", "_score"))]
+    order = np.argsort(table["pixel_nn_ratio"], kind="stable")[:TOP_ROWS]
+    keep = [k for k in table if k == "sample" or k.endswith(("_nn1", "_nn_ratio", "_flag", "_similarity", "_score"))]
     return [{k: (table[k][i].item() if hasattr(table[k][i], "item") else table[k][i]) for k in keep} for i in order]
 
 
@@ -107,7 +107,7 @@ def build_page(result, ctx, folder: Path) -> Report:
     report.figures.append(("Generated samples beside their nearest training images (pixel space)",
                            save_figure(grid, folder / "neighbors.png", dpi=110)))
     report.figures.append(("Pixel-space d1/d2 of every generated sample",
-                           save_figure(ratio_histogram(pixel.columns["ratio"], pixel.summary["threshold"]),
+                           save_figure(ratio_histogram(pixel.columns["nn_ratio"], pixel.summary["threshold"]),
                                        folder / "ratio_histogram.png")))
     for c in result.ran:
         for i, (caption, draw) in enumerate(c.figures):

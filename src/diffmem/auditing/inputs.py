@@ -7,7 +7,7 @@ model, the denoiser they came from:
   path: a folder with ``config.json`` (a diffmem run, a diffusers ``UNet2DModel``), ``model_index.json``
   or ``unet/config.json`` (a diffusers pipeline), a diffmem snapshot ``snapshot-epoch*.safetensors``
   (or a folder of them), or a TorchScript file (``.pt``, ``.pth``, ``.ts``),
-  loaded by :func:`diffmem.denoisers.adapters.load_denoiser`. ``num`` samples are drawn with
+  loaded by :func:`diffmem.runs.load_denoiser`. ``num`` samples are drawn with
   :func:`diffmem.sampling.sample` (Heun, 18 steps, seed ``seed``; a class-conditional model gets
   labels ``i mod num_classes``) and quantized to uint8, as saving them to PNG would (seed 001);
 - anything else is an image set (a path any reader accepts, an ImageSet, an array or tensor).
@@ -74,8 +74,8 @@ def is_model_path(path: Path) -> bool:
 
 def load_model(path: Path, *, device: str, allow_pickle: bool = False):
     """The denoiser at ``path``: a diffmem run or snapshot, a diffusers folder or a TorchScript file
-    (:func:`~diffmem.denoisers.adapters.load_denoiser`)."""
-    from diffmem.denoisers.adapters import load_denoiser
+    (:func:`~diffmem.runs.load_denoiser`)."""
+    from diffmem.runs import load_denoiser
 
     return load_denoiser(path, device=device, allow_pickle=allow_pickle)
 
