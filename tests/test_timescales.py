@@ -11,7 +11,7 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
-from diffmem.timescales import (TimescaleSettings, analyze, first_crossing, fit_proportional, power_law, tau_gen,
+from diffmem.studies.timescales import (TimescaleSettings, analyze, first_crossing, fit_proportional, power_law, tau_gen,
                                 tau_mem)
 from conftest import one_line
 
@@ -108,7 +108,7 @@ def test_analyze_recovers_proportional_tau_mem_and_flat_tau_gen():
 def test_tau_gen_plateau_is_taken_before_f_mem_rises():
     """With memorization starting at 3.1·n images, before the FD reaches its plateau (about 920),
     τ_gen comes from the snapshots before f_mem > 0.03 only: their own minimum and range."""
-    from diffmem.timescales import generalization_window
+    from diffmem.studies.timescales import generalization_window
 
     settings = TimescaleSettings(threshold=0.03, tolerance=0.1, time="images")
     curves = _synthetic_curves(c=10.0)
@@ -212,7 +212,7 @@ def test_tiny_spec_end_to_end_and_resumable(tmp_path, run_cli, monkeypatch):
     assert all(0 <= p["f_mem"] <= 1 and p["ci95"][0] <= p["f_mem"] <= p["ci95"][1] and p["fd"] > 0 for p in curve)
     assert curve[0]["images"] == curve[0]["step"] * 4
     # a re-run measures nothing again and gives the same table
-    import diffmem.timescales as ts
+    import diffmem.studies.timescales as ts
 
     monkeypatch.setattr(ts, "measure_snapshot", lambda *a, **k: pytest.fail("re-measured a finished snapshot"))
     code, stdout2, stderr = run_cli(["timescales", spec, "--out", out, "--threads", "1"])

@@ -1,37 +1,19 @@
 """``diffmem timescales SPEC``: τ_gen and τ_mem against the training-set size
-(:mod:`diffmem.timescales`); re-running the same command recomputes nothing that is finished."""
+(:mod:`diffmem.studies.timescales`); re-running the same command recomputes nothing that is finished."""
 
 from __future__ import annotations
 
 import click
 
-from diffmem.engines import check_pool
+from diffmem.cli.options import OUT_OPTION, engine_options, study_arguments
 
 
 @click.command("timescales")
 @click.argument("spec")
-@click.option("--out", default=None, help="Output folder [a folder named after the spec, here].")
-@click.option("--workers", type=int, default=1, show_default=True, help="Runs at a time (local processes).")
-@click.option("--threads", type=int, default=None, help="Threads per run [cores / workers].")
-def timescales_cmd(spec, out, workers, threads):
+@OUT_OPTION
+@engine_options
+def timescales_cmd(spec, out, **engine):
     """Train SPEC's sizes with log-spaced snapshots; per snapshot f_mem (CI) and FD; τ_gen, τ_mem, τ_mem = a·n."""
-    from diffmem.specs import parse_spec
-    from diffmem.timescales import RESULT_FILE, run_timescales
+    from diffmem.studies.timescales import run
 
-    workers, threads = check_pool(workers, threads)
-    parsed = parse_spec(spec, mode="timescales")
-    result = run_timescales(parsed, out, workers=workers, threads=threads, log=lambda line: click.echo(line, err=True))
-    unit = result["settings"]["time"]
-    fmt = lambda v: "never" if v is None else f"{v:.4g}"  # noqa: E731
-    for row in result["rows"]:
-        seed = "" if row["seed"] is None else f" seed {row['seed']}"
-        click.echo(f"n = {row['n']:>6}{seed}: tau_gen {fmt(row['tau_gen'])}, tau_mem {fmt(row['tau_mem'])} {unit}; "
-                   f"f_mem at the end {row['f_mem_final']:.3f}")
-    for row in result["by_n"]:
-        if row["runs"] > 1:
-            ci = lambda k: "" if row[f"{k}_ci95"] is None else " [{:.4g}, {:.4g}]".format(*row[f"{k}_ci95"])  # noqa: E731
-            click.echo(f"n = {row['n']:>6}, mean of {row['runs']} runs: tau_gen {fmt(row['tau_gen'])}{ci('tau_gen')} "
-                       f"({row['tau_gen_reached']} reached), tau_mem {fmt(row['tau_mem'])}{ci('tau_mem')} "
-                       f"({row['tau_mem_reached']} reached), tau_mem/n {fmt(row['tau_mem_over_n'])}{ci('tau_mem_over_n')}")
-    click.echo(result["summary"])
-    click.echo(f"results in {(out or parsed.name)}/{RESULT_FILE}")
+    click.echo(run(spec, out, **study_arguments(**engine)).summary())

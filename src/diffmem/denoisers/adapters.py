@@ -1,6 +1,6 @@
 """Adapters: models people already have, as diffmem denoisers ``D(x, sigma, labels) -> x̂``.
 
-Two kinds of file, plus diffmem's own run folders, all opened by :func:`load_denoiser`:
+Two kinds of file, plus diffmem's own run folders, all opened by :func:`diffmem.runs.load_denoiser`:
 
 **A diffusers ``UNet2DModel`` folder** (:func:`load_diffusers`), saved with ``save_pretrained``
 (``config.json`` + ``diffusion_pytorch_model.safetensors``) next to its scheduler's
@@ -284,26 +284,3 @@ def check_denoiser(D, path, param: str = "model", device="cpu"):
         raise InputError(f"{path}: the model returns {got} for input {tuple(x.shape)}; a denoiser returns its "
                          f"input's shape", param=param)
     return D
-
-
-def load_denoiser(path, *, device="cpu", allow_pickle: bool = False, timestep: str = "interpolate",
-                  param: str = "model"):
-    """Any model as a :class:`~diffmem.denoisers.protocol.Denoiser`: a diffmem run folder or snapshot
-    (:func:`~diffmem.runs.load_run`), a diffusers folder (:func:`load_diffusers`) or a TorchScript
-    file (:func:`load_torchscript`). Checked on one test input; anything else is an InputError
-    naming ``param``."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such model folder or file", param=param)
-    if is_run(path):
-        from diffmem.runs import load_run
-
-        D = load_run(path, device=device, param=param).denoiser
-    elif path.is_dir():
-        if not ((path / "config.json").is_file() or (path / "model_index.json").is_file()):
-            raise InputError(f"{path}: model folder without config.json (neither a diffmem run nor a diffusers "
-                             f"model)", param=param)
-        D = load_diffusers(path, device=device, allow_pickle=allow_pickle, timestep=timestep, param=param)
-    else:
-        D = load_torchscript(path, device=device, param=param)
-    return check_denoiser(D, path, param, device)
