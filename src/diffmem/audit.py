@@ -146,7 +146,8 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
           threshold: float = DEFAULT_THRESHOLD,
           gate: str = "pixel", fail_above: float | None = None, out=None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
           device: str | None = None, seed: int = 0, steps: int = 18, progress: bool = False,
-          allow_pickle: bool = False, tiles: int | None = None, membership_method: str = "loss") -> AuditResult:
+          allow_pickle: bool = False, tiles: int | None = None, membership_method: str = "loss",
+          report: bool | None = None) -> AuditResult:
     """Audit generated samples (or a model, sampled ``num`` times) against the training set ``train``.
 
     ``train`` and ``heldout`` are paths (PNG folder, ``.npz``, ``.npy``, EDM ``.zip``, ...) or
@@ -157,7 +158,8 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
     ``fail_above`` (a fraction in [0, 1]) applies to; ``memory_limit`` bytes for reading the
     training set and the neighbour search; ``seed`` for sampling and bootstraps; ``steps`` the Heun
     steps of sampling a model; ``tiles`` a G × G grid for Carlini et al.'s tiled extraction distance
-    (large images); ``membership_method`` ``loss`` or ``secmi``. Bad input raises
+    (large images); ``membership_method`` ``loss`` or ``secmi``. ``progress``: progress bars;
+    ``report`` (default: ``progress``): a line on stderr as each criterion finishes. Bad input raises
     :class:`~diffmem.errors.InputError` naming the parameter.
     """
     num, threshold, fail_above, memory_limit, seed = _check_options(num, threshold, gate, fail_above,
@@ -179,7 +181,7 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
                           features=features, source=source, threshold=threshold, memory_limit=memory_limit,
                           device=device or "cpu", seed=seed, progress=progress, cache=cache, tiles=tiles,
                           membership_method=membership_method)
-        return _finish(ctx, gate, fail_above, out)
+        return _finish(ctx, gate, fail_above, out, progress if report is None else report)
     except BaseException:
         if created:  # bad input (or an interruption) leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
@@ -190,9 +192,9 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _finish(ctx: AuditInputs, gate: str, fail_above: float | None, out: Path | None) -> AuditResult:
+def _finish(ctx: AuditInputs, gate: str, fail_above: float | None, out: Path | None, report: bool) -> AuditResult:
     """Run the criteria, check the gate ran, write the outputs."""
-    result = AuditResult(_run_criteria(ctx), len(ctx.generated), len(ctx.train), gate, fail_above,
+    result = AuditResult(_run_criteria(ctx, report), len(ctx.generated), len(ctx.train), gate, fail_above,
                          ctx.denoiser is not None)
     if not result.criterion(gate).ran:
         raise InputError(f"the gate criterion {gate} did not run ({result.criterion(gate).explanation})",
@@ -215,11 +217,12 @@ def _open(source, what: str, memory_limit: int, cache: Path, progress: bool, ope
     return in_memory_set(source, what)
 
 
-def _run_criteria(ctx: AuditInputs) -> list[Criterion]:
-    """Each criterion in turn (progress lines on stderr name the stage)."""
-    results = []
-    for i, (name, fn) in enumerate(CRITERIA, 1):
-        if ctx.progress:
-            print(f"audit: [{i}/{len(CRITERIA)}] {name}", file=sys.stderr, flush=True)
+def _run_criteria(ctx: AuditInputs, report: bool = False) -> list[Criterion]:
+    """Each criterion in turn; with ``report``, a line on stderr as each finishes (:mod:`diffmem.progress`)."""
+    from diffmem.progress import Progress
+
+    results, progress = [], Progress(len(CRITERIA), enabled=report)
+    for name, fn in CRITERIA:
         results.append(fn(ctx))
+        progress.done(f"audit {name}: {results[-1].explanation}")
     return results

@@ -45,7 +45,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.spatial.distance import pdist
 
-from diffmem.atomic import prepare_output, write_json
+from diffmem.atomic import claim_folder, prepare_output, write_json
 from diffmem.data.imageset import to_uint8
 from diffmem.data.points import PointCloud
 from diffmem.data.spec import make_dataset
@@ -56,7 +56,7 @@ from diffmem.metrics.proximity import DEFAULT_TOLERANCE, proximity
 from diffmem.plots import save_curves, save_figure
 from diffmem.rng import check_seed
 from diffmem.sampling import SAMPLERS, sample
-from diffmem.specs import Cell, Spec, mode_settings
+from diffmem.specs import Cell, Spec, check_cells, mode_settings
 from diffmem.sweep import write_table
 
 MODE = "regularization"
@@ -184,12 +184,17 @@ def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None) -
     if spec.mode != MODE:
         raise InputError(f"{spec.path}: mode: diffmem regularization runs mode {MODE!r}, got {spec.mode!r}")
     settings = parse_settings(spec)
-    out = prepare_output(spec.name if out is None else out, kind="folder", overwrite=True)
+    cells = check_cells(spec)  # every cell's data, before the first write
+    record = {"name": spec.name, "settings": settings.to_dict()}
+    out = claim_folder(spec.name if out is None else out, "spec.json",
+                       lambda stored: next((f"{k} differs" for k in record if stored.get(k) != record[k]), None),
+                       legacy={c.name for c in cells} | {"results.csv", "results.json", "tikhonov.png", "eb.png"})
+    out = prepare_output(out, kind="folder", overwrite=True)
     rows = []
-    for cell in spec.cells():
+    for cell in cells:
         rows += run_cell(cell, settings, out / cell.name, device, log)
     write_table(out, rows)
-    write_json(out / "spec.json", {"spec": spec.path, "name": spec.name, "settings": settings.to_dict()})
+    write_json(out / "spec.json", {"spec": spec.path, **record})
     for kind in ("tikhonov", "eb"):
         if any(r["kind"] == kind for r in rows):
             save_strength_curves(out / f"{kind}.png", rows, kind, settings)

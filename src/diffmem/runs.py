@@ -118,9 +118,34 @@ def read_snapshot(path: Path, param: str = "network") -> tuple[dict[str, torch.T
         raise InputError(f"{path}: not a readable snapshot ({type(err).__name__}: {err})", param=param) from None
     if metadata.get("format") != SNAPSHOT_FORMAT:
         raise InputError(f"{path}: not a diffmem snapshot (metadata format {metadata.get('format')!r})", param=param)
-    metadata["config"] = json.loads(metadata["config"])
-    metadata["step"], metadata["epoch"] = int(metadata["step"]), int(metadata["epoch"])
+    try:
+        metadata["config"] = json.loads(metadata["config"])
+        metadata["step"], metadata["epoch"] = int(metadata["step"]), int(metadata["epoch"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise InputError(f"{path}: damaged snapshot metadata ({type(err).__name__}: {err})", param=param) from None
+    if not isinstance(metadata["config"], dict):
+        raise InputError(f"{path}: damaged snapshot metadata (its config is not a JSON object)", param=param)
     return tensors, metadata
+
+
+def _network_of(record: dict, path: Path, param: str):
+    """(TrainConfig, network keywords) of a snapshot's record; a damaged record names the file."""
+    from diffmem.denoisers.probe import check_model_shape
+
+    try:
+        config = TrainConfig.from_dict(record)
+        shape = [record["in_channels"], record["resolution"], record["resolution"]]
+        dim = record.get("dim", 0)
+        check_model_shape([dim] if dim else shape, "dim" if dim else "in_channels/resolution", param)
+        num_classes = record["num_classes"]
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= 1 << 20:
+            raise InputError(f"num_classes {num_classes!r} is not a whole number of classes", param="num_classes")
+    except (InputError, KeyError, TypeError) as err:
+        detail = f"{err.param}: {err.detail}" if isinstance(err, InputError) and err.param != param else \
+            err.detail if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+        raise InputError(f"{path}: damaged run record in the snapshot ({detail})", param=param) from None
+    return config, dict(resolution=record["resolution"], in_channels=record["in_channels"],
+                        num_classes=num_classes, dim=dim)
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -200,14 +225,18 @@ def load_run(path, *, device="cpu", param: str = "network") -> LoadedRun:
         path = snaps[-1][1]
     elif not path.is_file():
         raise InputError(f"{path}: no such run folder or snapshot file", param=param)
+    from diffmem.denoisers.probe import check_denoiser
+
     tensors, meta = read_snapshot(path, param)
     record = meta["config"]
-    config = TrainConfig.from_dict(record)
-    D = build_denoiser(config, resolution=record["resolution"], in_channels=record["in_channels"],
-                       num_classes=record["num_classes"], dim=record.get("dim", 0))
+    config, shape = _network_of(record, path, param)
     try:
+        D = build_denoiser(config, **shape)
         D.net.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise InputError(f"{path}: weights do not fit the network in its config ({err})", param=param) from None
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+        text = " ".join(str(err).split())[:300]
+        raise InputError(f"{path}: weights do not fit the network in its config ({type(err).__name__}: {text})",
+                         param=param) from None
     D = D.to(device).eval().requires_grad_(False)
+    check_denoiser(D, path, param, device)  # finite output of the right shape, or refused now
     return LoadedRun(D, config, record, meta["epoch"], meta["step"], path)

@@ -22,13 +22,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffmem.atomic import write_json, write_text
+from diffmem.atomic import claim_folder, write_json, write_text
 from diffmem.config import TrainConfig
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.emm import EMMEstimate, SizePoint, adaptive_search, estimate_emm
 from diffmem.errors import InputError
+from diffmem.progress import Progress
 from diffmem.runs import CONFIG_FILE, SUMMARY_FILE, read_record
-from diffmem.specs import Cell, EMMSettings, Spec
+from diffmem.specs import Cell, EMMSettings, Spec, check_cells
 
 MEMORIZATION_ONSET = 0.1  # "first memorization": the first tracked epoch with a ratio at least this
 SWEEP_FILE, EMM_FILE, TABLE_CSV, TABLE_JSON = "sweep.json", "emm.json", "results.csv", "results.json"
@@ -156,13 +157,13 @@ def remeasure(point: SizePoint, num: int, data: DataSpec) -> SizePoint:
     return SizePoint(point.size, result["ratio"], tuple(result["ci95"]), num, point.compute, point.run, point.epoch)
 
 
-def adaptive_cell(cell: Cell, settings: EMMSettings, cell_folder: Path) -> EMMEstimate:
+def adaptive_cell(cell: Cell, settings: EMMSettings, cell_folder: Path, log=None) -> EMMEstimate:
     """One cell's EMM by :func:`diffmem.emm.adaptive_search` (sequential: each size follows the last)."""
     return adaptive_search(
         lambda size: measure_size(cell, size, settings, cell_folder), min_size=settings.min_size,
         max_size=settings.max_size, epsilon=settings.epsilon, factor=settings.factor,
         resolution=settings.resolution, max_samples=settings.max_samples,
-        remeasure=lambda p, num: remeasure(p, num, cell.data.replace(size=p.size)))
+        remeasure=lambda p, num: remeasure(p, num, cell.data.replace(size=p.size)), log=log)
 
 
 def finished_sizes(cell_folder: Path) -> list[SizePoint]:
@@ -197,8 +198,10 @@ def job_size(cell: Cell, size: int, settings: EMMSettings, cell_folder: str) -> 
     return measure_size(cell, size, settings, Path(cell_folder))
 
 
-def job_adaptive(cell: Cell, settings: EMMSettings, cell_folder: str) -> EMMEstimate:
-    return adaptive_cell(cell, settings, Path(cell_folder))
+def job_adaptive(cell: Cell, settings: EMMSettings, cell_folder: str, report: bool = False) -> EMMEstimate:
+    """One adaptive search; with ``report``, a line on stderr (from the worker) as each size finishes."""
+    sizes = Progress(None, enabled=report)
+    return adaptive_cell(cell, settings, Path(cell_folder), log=lambda line: sizes.done(f"{cell.name} {line}"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +215,7 @@ class SweepResult:
     estimates: dict  # cell name -> EMMEstimate (mode "emm")
 
 
-def _jobs(spec: Spec, cells: list[Cell], out: Path) -> list[tuple]:
+def _jobs(spec: Spec, cells: list[Cell], out: Path, progress: bool = False) -> list[tuple]:
     jobs = []
     for cell in cells:
         folder = str(out / cell.name)
@@ -221,7 +224,7 @@ def _jobs(spec: Spec, cells: list[Cell], out: Path) -> list[tuple]:
         elif spec.emm.strategy == "grid":
             jobs += [(f"{cell.name}/size-{size}", job_size, (cell, size, spec.emm, folder)) for size in spec.emm.sizes]
         else:
-            jobs.append((cell.name, job_adaptive, (cell, spec.emm, folder)))
+            jobs.append((cell.name, job_adaptive, (cell, spec.emm, folder, progress)))
     return jobs
 
 
@@ -266,39 +269,84 @@ def _estimate(spec: Spec, out: Path, cell: Cell, estimate: EMMEstimate | None = 
 def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, threads: int | None = None,
               address: str | None = None, gpus: float = 0.0, progress: bool = False, log=None) -> SweepResult:
     """Run every cell of ``spec`` into ``out`` (default: a folder named after the spec) on the
-    ``local`` pool of ``workers`` processes or on ``ray``; see the module docstring."""
+    ``local`` pool of ``workers`` processes or on ``ray``; see the module docstring. With
+    ``progress``, a line (through ``log``, default stderr) as each job finishes, with an ETA; the
+    adaptive EMM search reports each size from its worker. Every cell, size and option is validated
+    and ``out`` must be new, empty or this sweep's folder (:func:`~diffmem.atomic.claim_folder`)
+    before anything is written."""
     from diffmem.engines import default_threads, run_local, run_ray
 
-    if engine not in ("local", "ray"):
-        raise InputError(f"expected local or ray, got {engine!r}", param="engine")
+    from diffmem.specs import parse_spec
+
+    spec = spec if isinstance(spec, Spec) else parse_spec(spec)
+    check_out_path(out)
     if spec.mode not in ("runs", "emm"):  # the study modes have their own commands
         command = {"twosplit": "two-split"}.get(spec.mode, spec.mode)
         raise InputError(f"{spec.path}: mode {spec.mode} is run by `diffmem {command} SPEC`, not by a sweep")
+    check_engine(engine, workers, threads, gpus, progress)
     out = Path(out if out is not None else spec.name)
-    cells = spec.cells()
+    cells = check_cells(spec)  # every cell (and EMM size) before the first write
+    claim_folder(out, SWEEP_FILE, lambda stored: sweep_difference(stored, spec, cells))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SWEEP_FILE, {"spec": spec.path, "name": spec.name, "mode": spec.mode,
                                   "emm": None if spec.emm is None else vars(spec.emm),
                                   "cells": [c.to_dict() for c in cells]})
-    jobs = _jobs(spec, cells, out)
+    jobs = _jobs(spec, cells, out, progress)
     threads = threads or default_threads(workers)
     runner = run_local(jobs, workers=workers, threads=threads) if engine == "local" else \
         run_ray(jobs, workers=workers, threads=threads, gpus=gpus, address=address)
     remaining = {c.name: sum(1 for key, _, _ in jobs if key.split("/")[0] == c.name) for c in cells}
     estimates, by_name = {}, {c.name: c for c in cells}
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(jobs), desc=spec.name, unit="run", disable=not progress) as bar:
-        for key, result in runner:
-            name = key.split("/")[0]
-            remaining[name] -= 1
-            if spec.mode == "emm" and remaining[name] == 0:
-                estimates[name] = _estimate(spec, out, by_name[name], result if isinstance(result, EMMEstimate) else None)
-            write_table(out, collect_rows(spec, cells, out))
-            bar.update(1)
-            if log is not None:
-                log(_job_line(key, result, estimates.get(name) if remaining[name] == 0 else None))
+    report = Progress(len(jobs), enabled=progress, echo=log)
+    for key, result in runner:
+        name = key.split("/")[0]
+        remaining[name] -= 1
+        if spec.mode == "emm" and remaining[name] == 0:
+            estimates[name] = _estimate(spec, out, by_name[name], result if isinstance(result, EMMEstimate) else None)
+        write_table(out, collect_rows(spec, cells, out))
+        report.done(_job_line(key, result, estimates.get(name) if remaining[name] == 0 else None))
     return SweepResult(out, collect_rows(spec, cells, out), estimates)
+
+
+def check_out_path(out) -> None:
+    """``out``: None (a folder named after the spec) or a path."""
+    import os
+
+    if out is not None and (not isinstance(out, (str, os.PathLike)) or not str(out).strip()):
+        raise InputError(f"expected an output folder path, got {out!r}", param="out")
+
+
+def check_engine(engine, workers, threads, gpus, progress) -> None:
+    """The engine keywords of :func:`run_sweep` and :func:`emm`; errors name the parameter."""
+    from diffmem.engines import check_pool
+    from diffmem.errors import check_number
+
+    if engine not in ("local", "ray"):
+        raise InputError(f"expected local or ray, got {engine!r}", param="engine")
+    check_pool(workers, threads)
+    check_number("gpus", gpus, lo=0)
+    if not isinstance(progress, bool):
+        raise InputError(f"expected True or False, got {progress!r}", param="progress")
+
+
+def sweep_difference(stored: dict, spec: Spec, cells: list[Cell]) -> str | None:
+    """The first difference between the sweep recorded in ``stored`` (a ``sweep.json``) and this one
+    (None: the same sweep; runtime fields such as the device may differ, and fields added to the
+    package since, at their defaults, are no difference)."""
+    for key, now in (("name", spec.name), ("mode", spec.mode)):
+        if stored[key] != now:
+            return f"{key} {stored[key]!r} there, {now!r} now"
+    if spec.emm is not None and EMMSettings(**stored["emm"]) != spec.emm:
+        return "the [emm] settings differ"
+    names = [c["name"] for c in stored["cells"]]
+    if names != [c.name for c in cells]:
+        return f"cells {', '.join(names)[:80]} there, {', '.join(c.name for c in cells)[:80]} now"
+    for old, cell in zip(stored["cells"], cells):
+        if DataSpec(**old["data"]) != cell.data:
+            return f"cell {cell.name}: other [data]"
+        if cell.train is not None and (changed := cell.train.differences(TrainConfig.from_dict(old["train"]))):
+            return f"cell {cell.name}: {changed[0]} = {old['train'].get(changed[0])!r} there, {getattr(cell.train, changed[0])!r} now"
+    return None
 
 
 def _job_line(key: str, result, estimate: EMMEstimate | None) -> str:
@@ -324,6 +372,9 @@ def emm(spec=None, out=None, *, data: DataSpec | None = None, train: TrainConfig
     if spec is None:
         if data is None or train is None or settings is None:
             raise InputError("give a spec, or data, train and settings", param="spec")
+        for name, value, cls in (("data", data, DataSpec), ("train", train, TrainConfig), ("settings", settings, EMMSettings)):
+            if not isinstance(value, cls):
+                raise InputError(f"expected a {cls.__name__}, got {type(value).__name__}", param=name)
         spec = Spec("<python>", "emm", "emm", "product", data.to_dict(), train.to_dict(), {}, settings)
         spec.cells()
     elif not isinstance(spec, Spec):

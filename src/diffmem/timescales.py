@@ -30,18 +30,21 @@ import dataclasses
 import io
 import json
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.stats
 
-from diffmem.atomic import write_json, write_text
+from diffmem.atomic import claim_folder, write_json, write_text
 from diffmem.errors import InputError, check_number
-from diffmem.specs import mode_settings
+from diffmem.progress import Progress
+from diffmem.specs import check_cells, mode_settings
 
 TIME_UNITS = ("images", "steps", "epochs")
 CURVE_FILE, RESULT_FILE, TABLE_CSV, CURVES_CSV = "timescales.json", "results.json", "results.csv", "curves.csv"
+SPEC_FILE = "spec.json"  # the study a folder holds (a folder belongs to one spec)
 
 
 @dataclass(frozen=True)
@@ -236,25 +239,43 @@ def measure_snapshot(path, train_set, extractor, heldout_features, settings: Tim
 def measure_run(folder, train_set, heldout, settings: TimescaleSettings, *, source: str | None = None,
                 device: str = "cpu", log=None) -> list[dict]:
     """Every snapshot of the run in ``folder`` measured (:func:`measure_snapshot`), in step order.
-    Measurements are kept in ``folder/timescales.json`` after each snapshot; a re-run with the same
-    measurement settings measures only the snapshots not there yet."""
+    Measurements are kept in ``folder/timescales.json`` after each snapshot, keyed on everything they
+    depend on (:func:`cache_key`); a re-run with the same key measures only the snapshots not there yet."""
     from diffmem.runs import list_snapshots
 
     folder = Path(folder)
     stored = _read_curve(folder / CURVE_FILE)
-    done = {p["epoch"]: p for p in stored["points"]} if stored.get("settings") == settings.measurement() else {}
+    key = cache_key(settings, train_set, heldout, source)
+    done = {p["epoch"]: p for p in stored["points"]} if stored.get("settings") == key else {}
     todo = [(e, p) for e, p in list_snapshots(folder) if e not in done]
     if todo:
+        from diffmem.denoisers.probe import check_shape
+        from diffmem.runs import load_run
+
+        D = load_run(todo[0][1], device=device, param=None).denoiser  # the sets must be the model's images
+        check_shape(D, train_set, "train", "training images")
+        check_shape(D, heldout, "heldout", "held-out images")
         extractor, heldout_features = quality_space(settings.features, heldout, source, device)
+        snapshots = Progress(len(todo), enabled=log is not None, echo=log)
         for epoch, path in todo:
             done[epoch] = measure_snapshot(path, train_set, extractor, heldout_features, settings, device)
-            write_json(folder / CURVE_FILE, dict(settings=settings.measurement(),
+            write_json(folder / CURVE_FILE, dict(settings=key,
                                                  points=sorted(done.values(), key=lambda p: p["step"])))
-            if log is not None:
-                p = done[epoch]
-                log(f"{folder.name} epoch {epoch}: f_mem {p['f_mem']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}], "
-                    f"FD {p['fd']:.4g}")
+            p = done[epoch]
+            snapshots.done(f"{folder.name} epoch {epoch}: f_mem {p['f_mem']:.3f} [{p['ci95'][0]:.3f}, "
+                           f"{p['ci95'][1]:.3f}], FD {p['fd']:.4g}")
     return sorted(done.values(), key=lambda p: p["step"])
+
+
+def cache_key(settings: TimescaleSettings, train_set, heldout, source) -> dict:
+    """What a snapshot's stored measurement depends on: the measurement settings, the feature
+    source, and the fingerprints of the training and held-out images (so a cache is never answered
+    for other sets)."""
+    from diffmem.config import data_fingerprint
+
+    prints = {name: data_fingerprint(np.asarray(getattr(s, "images", s)), getattr(s, "labels", None))
+              for name, s in (("train_sha256", train_set), ("heldout_sha256", heldout))}
+    return {**settings.measurement(), "source": source, **prints}
 
 
 def _read_curve(path: Path) -> dict:
@@ -282,14 +303,45 @@ def settings_of(spec) -> TimescaleSettings:
     return settings
 
 
-def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout) -> dict:
-    """One n: train (or find, or resume) the run, then measure its snapshots. Runs in a worker."""
+def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout, report: bool = False) -> dict:
+    """One n: train (or find, or resume) the run, then measure its snapshots (with ``report``, a
+    line on stderr as each is measured, with an ETA). Runs in a worker."""
     from diffmem.data.spec import make_dataset
     from diffmem.sweep import train_dataset
 
     dataset = make_dataset(cell.data)
     train_dataset(cell.train, dataset, Path(folder), recipe=cell.data)
-    return dict(n=cell.data.size, points=measure_run(folder, dataset, heldout, settings, source=cell.data.source))
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if report else None
+    return dict(n=cell.data.size, points=measure_run(folder, dataset, heldout, settings, source=cell.data.source,
+                                                     log=log))
+
+
+def _check_features(spec, settings: TimescaleSettings, heldout, source: str) -> None:
+    """The FD's feature space loaded and tried on the held-out images now, not after training."""
+    from diffmem.metrics.features import load_features
+
+    try:
+        load_features(settings.features, reference=heldout, source=source)
+    except InputError as err:
+        raise InputError(f"{spec.path}: [timescales] features: {err.detail}") from None
+
+
+def timescales_difference(stored: dict, spec, cells, settings: TimescaleSettings) -> str | None:
+    """The first difference between the timescales study recorded in ``stored`` (its spec.json)
+    and this one (None: the same; runtime fields may differ)."""
+    from diffmem.config import TrainConfig
+    from diffmem.data.spec import DataSpec
+
+    if stored["name"] != spec.name:
+        return f"name {stored['name']!r} there, {spec.name!r} now"
+    if TimescaleSettings(**stored["settings"]) != settings:
+        return "the [timescales] settings differ"
+    if [c["name"] for c in stored["cells"]] != [c.name for c in cells]:
+        return "the sizes differ"
+    for old, cell in zip(stored["cells"], cells):
+        if DataSpec(**old["data"]) != cell.data or cell.train.differences(TrainConfig.from_dict(old["train"])):
+            return f"cell {cell.name}: another [data] or [train]"
+    return None
 
 
 def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = None, log=None) -> dict:
@@ -304,15 +356,20 @@ def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = No
     settings = settings_of(spec)
     workers, threads = check_pool(workers, threads)
     out = Path(out if out is not None else spec.name)
-    cells = spec.cells()
+    cells = check_cells(spec)  # every size's data, plan and network, before the first write
     heldout = _heldout(spec, max(cells, key=lambda c: c.data.size).data, settings.heldout)
+    _check_features(spec, settings, heldout, cells[0].data.source)
+    claim_folder(out, SPEC_FILE, lambda stored: timescales_difference(stored, spec, cells, settings),
+                 legacy={c.name for c in cells} | {RESULT_FILE, TABLE_CSV, CURVES_CSV, "curves.png", "tau_vs_n.png",
+                                                   "collapse.png", "report"})
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(c.name, job_timescales, (c, settings, str(out / c.name), heldout)) for c in cells]
-    curves = {}
+    write_json(out / SPEC_FILE, {"spec": spec.path, "name": spec.name, "mode": spec.mode,
+                                 "settings": asdict(settings), "cells": [c.to_dict() for c in cells]})
+    jobs = [(c.name, job_timescales, (c, settings, str(out / c.name), heldout, log is not None)) for c in cells]
+    curves, runs = {}, Progress(len(jobs), enabled=log is not None, echo=log)
     for key, result in run_local(jobs, workers=workers, threads=threads or default_threads(workers)):
         curves[result["n"]] = result["points"]
-        if log is not None:
-            log(f"{key}: {len(result['points'])} snapshots measured")
+        runs.done(f"{key}: {len(result['points'])} snapshots measured")
     result = analyze(curves, settings)
     write_results(out, result, curves, spec)
     return result

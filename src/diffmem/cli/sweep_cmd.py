@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from diffmem.errors import check_number
 from diffmem.engines import check_pool
+from diffmem.progress import progress_enabled
 
 ENGINE_OPTIONS = [
     click.option("--out", default=None, help="Output folder [a folder named after the spec, here]."),
@@ -18,7 +17,8 @@ ENGINE_OPTIONS = [
     click.option("--threads", type=int, default=None, help="Threads per run [cores / workers]."),
     click.option("--address", default=None, help="Ray: address of an existing cluster (default: a local instance)."),
     click.option("--gpus", type=float, default=0.0, show_default=True, help="Ray: GPUs requested per run."),
-    click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when it is a terminal]."),
+    click.option("--progress/--no-progress", default=None,
+                 help="A line on stderr as each run (EMM size) finishes, with an ETA [on unless $CI is set]."),
 ]
 
 
@@ -32,7 +32,7 @@ def _engine(workers, threads, engine, address, gpus, progress) -> dict:
     workers, threads = check_pool(workers, threads)
     gpus = check_number("gpus", gpus, lo=0)
     return dict(engine=engine, workers=workers, threads=threads, address=address, gpus=gpus,
-                progress=sys.stderr.isatty() if progress is None else progress,
+                progress=progress_enabled(progress),
                 log=lambda line: click.echo(line, err=True))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from diffmem.engines import check_pool
+from diffmem.progress import progress_enabled
 
 
 @click.command("timescales")
@@ -13,14 +14,17 @@ from diffmem.engines import check_pool
 @click.option("--out", default=None, help="Output folder [a folder named after the spec, here].")
 @click.option("--workers", type=int, default=1, show_default=True, help="Runs at a time (local processes).")
 @click.option("--threads", type=int, default=None, help="Threads per run [cores / workers].")
-def timescales_cmd(spec, out, workers, threads):
+@click.option("--progress/--no-progress", default=None,
+              help="A line on stderr as each snapshot and run is measured, with an ETA [on unless $CI is set].")
+def timescales_cmd(spec, out, workers, threads, progress):
     """Train SPEC's sizes with log-spaced snapshots; per snapshot f_mem (CI) and FD; τ_gen, τ_mem, τ_mem = a·n."""
     from diffmem.specs import parse_spec
     from diffmem.timescales import RESULT_FILE, run_timescales
 
     workers, threads = check_pool(workers, threads)
     parsed = parse_spec(spec, mode="timescales")
-    result = run_timescales(parsed, out, workers=workers, threads=threads, log=lambda line: click.echo(line, err=True))
+    log = (lambda line: click.echo(line, err=True)) if progress_enabled(progress) else None
+    result = run_timescales(parsed, out, workers=workers, threads=threads, log=log)
     unit = result["settings"]["time"]
     for row in result["rows"]:
         fmt = lambda v: "never" if v is None else f"{v:.4g}"  # noqa: E731
