@@ -179,6 +179,18 @@ def test_spec_values_of_the_wrong_type_are_refused_not_converted(tmp_path, run_c
     refused(run_cli, ["sweep", spec, "--out", tmp_path / "o"], tmp_path, needle)
 
 
+def test_booleans_are_not_numbers_in_the_library_either():
+    from diffmem.config import TrainConfig
+    from diffmem.errors import check_number
+
+    for value in (True, False):
+        with pytest.raises(InputError, match="must be a number"):
+            check_number("lr", value)
+    with pytest.raises(InputError) as err:
+        TrainConfig(steps=1, lr=True)
+    assert err.value.param == "lr"
+
+
 # 2. Written, then refused -------------------------------------------------------------------------
 
 
