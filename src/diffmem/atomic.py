@@ -131,42 +131,6 @@ def _prepare(path: Path, kind: str, names, param, overwrite: bool, create: bool)
     return path
 
 
-def claim_folder(path, marker: str, differs, *, legacy=(), param: str = "out") -> Path:
-    """Check, writing nothing, that the output folder ``path`` is new, empty, or already belongs to
-    this work: its ``marker`` file (JSON) is the record of the same work, i.e. ``differs(stored)``
-    returns None (else a short text naming the first difference; it may raise KeyError, TypeError
-    or ValueError on a record it cannot read). A folder belongs to one spec: any other folder, a
-    corrupt marker, or a non-empty folder without one (unless it holds only ``legacy`` names,
-    written before markers existed) is refused: InputError naming ``param``."""
-    path = prepare_output(path, kind="folder", names=(), param=param, overwrite=True, create=False)
-    if not path.is_dir():
-        return path
-    file = path / marker
-    if file.is_file():
-        try:
-            stored = json.loads(file.read_text())
-            if not isinstance(stored, dict):
-                raise TypeError("not a JSON object")
-            changed = differs(stored)
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
-            _refuse(param, f"{file}: not a readable record of this kind of work ({type(err).__name__}: "
-                           f"{' '.join(str(err).split())[:80]}); give a new output folder")
-        if changed:
-            _refuse(param, f"{path}: holds other work ({marker}: {changed}); a folder belongs to one spec: "
-                           "give a new output folder")
-        return path
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in legacy and not p.name.startswith("."))
-    if foreign:
-        _refuse(param, f"{path}: a non-empty folder without {marker} (it holds {foreign[0]}); "
-                       "give a new or empty output folder")
-    return path
-
-
-def _short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.

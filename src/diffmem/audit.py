@@ -127,7 +127,7 @@ class AuditResult:
 
 
 def _check_options(num, threshold, gate, fail_above, memory_limit, seed, tiles, membership_method):
-    num = check_number("num", num, lo=1, integer=True)
+    num = check_number("num", num, lo=1, hi=10**7, integer=True)
     if tiles is not None:
         check_number("tiles", tiles, lo=1, integer=True)
     if membership_method not in ("loss", "secmi"):
@@ -164,6 +164,7 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
     """
     num, threshold, fail_above, memory_limit, seed = _check_options(num, threshold, gate, fail_above,
                                                                     memory_limit, seed, tiles, membership_method)
+    steps = check_number("steps", steps, lo=1, hi=10_000, integer=True)
     created = out is not None and str(out).strip() != "" and not Path(out).exists()
     if out is not None:
         out = prepare_output(out, kind="folder", names=OUTPUTS)
@@ -177,6 +178,8 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
                              param="heldout")
         gen = resolve_generated(model_or_samples, train_set, num=num, seed=seed, steps=steps, device=device or "cpu",
                                 progress=progress, allow_pickle=allow_pickle)
+        _check_features(features, source, train_set, device or "cpu")  # before any criterion reports
+        _check_gate(gate, features, held, gen.denoiser)
         ctx = AuditInputs(train=train_set, generated=gen.images, heldout=held, denoiser=gen.denoiser,
                           features=features, source=source, threshold=threshold, memory_limit=memory_limit,
                           device=device or "cpu", seed=seed, progress=progress, cache=cache, tiles=tiles,
@@ -190,6 +193,32 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
         for s in opened:
             s.close()
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def _check_gate(gate: str, features, heldout, denoiser) -> None:
+    """The gate's inputs are there (else the audit would run every criterion, then refuse)."""
+    needs = {"features": (features is not None, "no feature space given (--features)"),
+             "replication": (features is not None, "no feature space given (--features)"),
+             "copying": (heldout is not None, "needs held-out images (--heldout)"),
+             "membership": (denoiser is not None and heldout is not None,
+                            "needs a model, not samples" if denoiser is None else "needs held-out images (--heldout)")}
+    ok, why = needs.get(gate, (True, ""))
+    if not ok:
+        raise InputError(f"the gate criterion {gate} cannot run ({gate}: skipped, {why})", param="gate")
+
+
+def _check_features(features, source, train_set, device) -> None:
+    """A feature space that cannot work is refused before the first criterion runs (and reports):
+    the classifier needs its source; a TorchScript file is tried on a few training images."""
+    from diffmem.metrics.features import ClassifierFeatures, check_extractor, load_features, parse_features
+
+    if features is None or not isinstance(features, str):
+        return
+    kind, _ = parse_features(features)
+    if kind == "classifier":
+        ClassifierFeatures(source, device)
+    elif kind not in ("pixels", "pca"):
+        check_extractor(load_features(features, device=device), np.asarray(train_set.images[:32]))
 
 
 def _finish(ctx: AuditInputs, gate: str, fail_above: float | None, out: Path | None, report: bool) -> AuditResult:

@@ -45,12 +45,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.spatial.distance import pdist
 
-from diffmem.atomic import claim_folder, prepare_output, write_json
+from diffmem.atomic import prepare_output, write_json
 from diffmem.data.imageset import to_uint8
 from diffmem.data.points import PointCloud
 from diffmem.data.spec import make_dataset
 from diffmem.denoisers.optimal import OptimalDenoiser
 from diffmem.errors import InputError, check_number
+from diffmem.folders import claim_folder
 from diffmem.metrics.memorization import DEFAULT_THRESHOLD
 from diffmem.metrics.proximity import DEFAULT_TOLERANCE, proximity
 from diffmem.plots import save_curves, save_figure

@@ -390,7 +390,12 @@ def parse_spec(path, *, mode: str | None = None) -> Spec:
         settings = doc.get(section, {})
         if not isinstance(settings, dict):
             raise InputError(f"{path}: [{section}] must be a table")
-    spec = Spec(path, name, mode, combine, _table(doc, "data", path, DATA_FIELDS),
-                _table(doc, "train", path, TRAIN_FIELDS), axes, emm, settings)
+    tables = {"data": _table(doc, "data", path, DATA_FIELDS), "train": _table(doc, "train", path, TRAIN_FIELDS)}
+    for section, cls in (("data", DataSpec), ("train", TrainConfig)):  # also the values an axis overrides
+        try:
+            check_types(cls, tables[section])
+        except InputError as err:
+            raise InputError(f"{path}: [{section}] {err.param}: {err.detail}") from None
+    spec = Spec(path, name, mode, combine, tables["data"], tables["train"], axes, emm, settings)
     spec.cells()  # validate every cell now, before anything runs
     return spec

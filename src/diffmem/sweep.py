@@ -22,11 +22,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffmem.atomic import claim_folder, write_json, write_text
+from diffmem.atomic import write_json, write_text
 from diffmem.config import TrainConfig
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.emm import EMMEstimate, SizePoint, adaptive_search, estimate_emm
 from diffmem.errors import InputError
+from diffmem.folders import claim_folder, spec_difference
 from diffmem.progress import Progress
 from diffmem.runs import CONFIG_FILE, SUMMARY_FILE, read_record
 from diffmem.specs import Cell, EMMSettings, Spec, check_cells
@@ -272,7 +273,7 @@ def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, 
     ``local`` pool of ``workers`` processes or on ``ray``; see the module docstring. With
     ``progress``, a line (through ``log``, default stderr) as each job finishes, with an ETA; the
     adaptive EMM search reports each size from its worker. Every cell, size and option is validated
-    and ``out`` must be new, empty or this sweep's folder (:func:`~diffmem.atomic.claim_folder`)
+    and ``out`` must be new, empty or this sweep's folder (:func:`~diffmem.folders.claim_folder`)
     before anything is written."""
     from diffmem.engines import default_threads, run_local, run_ray
 
@@ -330,23 +331,10 @@ def check_engine(engine, workers, threads, gpus, progress) -> None:
 
 
 def sweep_difference(stored: dict, spec: Spec, cells: list[Cell]) -> str | None:
-    """The first difference between the sweep recorded in ``stored`` (a ``sweep.json``) and this one
-    (None: the same sweep; runtime fields such as the device may differ, and fields added to the
-    package since, at their defaults, are no difference)."""
-    for key, now in (("name", spec.name), ("mode", spec.mode)):
-        if stored[key] != now:
-            return f"{key} {stored[key]!r} there, {now!r} now"
-    if spec.emm is not None and EMMSettings(**stored["emm"]) != spec.emm:
-        return "the [emm] settings differ"
-    names = [c["name"] for c in stored["cells"]]
-    if names != [c.name for c in cells]:
-        return f"cells {', '.join(names)[:80]} there, {', '.join(c.name for c in cells)[:80]} now"
-    for old, cell in zip(stored["cells"], cells):
-        if DataSpec(**old["data"]) != cell.data:
-            return f"cell {cell.name}: other [data]"
-        if cell.train is not None and (changed := cell.train.differences(TrainConfig.from_dict(old["train"]))):
-            return f"cell {cell.name}: {changed[0]} = {old['train'].get(changed[0])!r} there, {getattr(cell.train, changed[0])!r} now"
-    return None
+    """The first difference between the sweep recorded in ``stored`` (a ``sweep.json``) and this one."""
+    if stored["mode"] != spec.mode:
+        return f"mode {stored['mode']!r} there, {spec.mode!r} now"
+    return spec_difference(stored, spec, cells, {"emm": (EMMSettings, spec.emm)})
 
 
 def _job_line(key: str, result, estimate: EMMEstimate | None) -> str:

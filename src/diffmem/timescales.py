@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import scipy.stats
 
-from diffmem.atomic import claim_folder, write_json, write_text
+from diffmem.atomic import write_json, write_text
 from diffmem.errors import InputError, check_number
+from diffmem.folders import claim_folder, spec_difference
 from diffmem.progress import Progress
 from diffmem.specs import check_cells, mode_settings
 
@@ -326,24 +327,6 @@ def _check_features(spec, settings: TimescaleSettings, heldout, source: str) -> 
         raise InputError(f"{spec.path}: [timescales] features: {err.detail}") from None
 
 
-def timescales_difference(stored: dict, spec, cells, settings: TimescaleSettings) -> str | None:
-    """The first difference between the timescales study recorded in ``stored`` (its spec.json)
-    and this one (None: the same; runtime fields may differ)."""
-    from diffmem.config import TrainConfig
-    from diffmem.data.spec import DataSpec
-
-    if stored["name"] != spec.name:
-        return f"name {stored['name']!r} there, {spec.name!r} now"
-    if TimescaleSettings(**stored["settings"]) != settings:
-        return "the [timescales] settings differ"
-    if [c["name"] for c in stored["cells"]] != [c.name for c in cells]:
-        return "the sizes differ"
-    for old, cell in zip(stored["cells"], cells):
-        if DataSpec(**old["data"]) != cell.data or cell.train.differences(TrainConfig.from_dict(old["train"])):
-            return f"cell {cell.name}: another [data] or [train]"
-    return None
-
-
 def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = None, log=None) -> dict:
     """Run a timescales spec (a path or a parsed :class:`~diffmem.specs.Spec`) into ``out``
     (default: the spec's name): the per-n runs on a local pool of ``workers`` processes, then the
@@ -359,7 +342,8 @@ def run_timescales(spec, out=None, *, workers: int = 1, threads: int | None = No
     cells = check_cells(spec)  # every size's data, plan and network, before the first write
     heldout = _heldout(spec, max(cells, key=lambda c: c.data.size).data, settings.heldout)
     _check_features(spec, settings, heldout, cells[0].data.source)
-    claim_folder(out, SPEC_FILE, lambda stored: timescales_difference(stored, spec, cells, settings),
+    claim_folder(out, SPEC_FILE, lambda stored: spec_difference(stored, spec, cells,
+                                                                {"settings": (TimescaleSettings, settings)}),
                  legacy={c.name for c in cells} | {RESULT_FILE, TABLE_CSV, CURVES_CSV, "curves.png", "tau_vs_n.png",
                                                    "collapse.png", "report"})
     out.mkdir(parents=True, exist_ok=True)
@@ -393,9 +377,11 @@ def write_results(out: Path, result: dict, curves: dict, spec=None) -> None:
             for n in sorted(curves) for p in curves[n]]
     write_text(out / CURVES_CSV, _csv(flat))
     from diffmem.plots import save_figure
+    from diffmem.timescales_figures import curves_figure, tau_figure
 
-    save_figure(curves_figure(curves, result, collapse=False), out / "curves.png")
-    save_figure(curves_figure(curves, result, collapse=True), out / "collapse.png")
+    timed = {n: [{**p, "time": point_time(p, result["settings"]["time"])} for p in curves[n]] for n in curves}
+    save_figure(curves_figure(timed, result, collapse=False), out / "curves.png")
+    save_figure(curves_figure(timed, result, collapse=True), out / "collapse.png")
     save_figure(tau_figure(result), out / "tau_vs_n.png")
 
 
@@ -408,58 +394,3 @@ def _csv(rows: list[dict]) -> str:
         writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else "" if v is None else v
                          for k, v in row.items()})
     return buffer.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures (matplotlib Figure objects, see diffmem.plots).
-
-
-def curves_figure(curves: dict, result: dict, *, collapse: bool):
-    """f_mem (with its CI band) and FD against training time, one line per n, log time axis;
-    ``collapse``: against time / n (seed 003: the f_mem curves fall onto one)."""
-    from matplotlib.figure import Figure
-
-    unit = result["settings"]["time"]
-    fig = Figure(figsize=(8.4, 3.3))
-    ax_f, ax_q = fig.subplots(1, 2)
-    taus = {r["n"]: r for r in result["rows"]}
-    for n in sorted(curves):
-        points = sorted(curves[n], key=lambda p: p["step"])
-        t = np.array([point_time(p, unit) for p in points]) / (n if collapse else 1)
-        line, = ax_f.plot(t, [p["f_mem"] for p in points], "o-", ms=3, label=f"n = {n}")
-        ax_f.fill_between(t, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points], alpha=0.15,
-                          color=line.get_color())
-        ax_q.plot(t, [p["fd"] for p in points], "o-", ms=3, color=line.get_color(), label=f"n = {n}")
-        for ax, key in ((ax_f, "tau_mem"), (ax_q, "tau_gen")):
-            if taus.get(n, {}).get(key) is not None:
-                ax.axvline(taus[n][key] / (n if collapse else 1), color=line.get_color(), ls=":", lw=1)
-    xlabel = f"training time ({unit}){' / n' if collapse else ''}"
-    ax_f.axhline(result["settings"]["threshold"], color="grey", lw=0.8, ls="--")
-    ax_f.set(xscale="log", xlabel=xlabel, ylabel="memorized fraction f_mem", ylim=(-0.03, 1.03))
-    ax_q.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=f"FD to held-out ({result['settings']['features']})")
-    for ax in (ax_f, ax_q):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def tau_figure(result: dict):
-    """τ_gen and τ_mem against n (log-log), with the fit τ_mem = a·n."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.8, 3.4))
-    ax = fig.subplots()
-    rows = result["rows"]
-    for key, label in (("tau_mem", "τ_mem"), ("tau_gen", "τ_gen")):
-        ok = [r for r in rows if r[key] is not None]
-        ax.plot([r["n"] for r in ok], [r[key] for r in ok], "o", label=label)
-    if "tau_mem" in result["fits"]:
-        ns = np.array([r["n"] for r in rows], dtype=float)
-        a = result["fits"]["tau_mem"]["proportional"]["a"]
-        ax.plot(ns, a * ns, "--", lw=1, label=f"a·n, a = {a:.3g}")
-    ax.set(xscale="log", yscale="log", xlabel="training-set size n", ylabel=f"τ ({result['settings']['time']})")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig

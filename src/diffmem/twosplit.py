@@ -41,11 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.atomic import claim_folder, write_json, write_npz
+from diffmem.atomic import write_json, write_npz
 from diffmem.config import TrainConfig
 from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.errors import InputError, check_number
+from diffmem.folders import claim_folder
 from diffmem.rng import PERMUTATION, check_seed, numpy_rng
 from diffmem.specs import mode_settings
 from diffmem.sweep import train_dataset, write_table

@@ -59,6 +59,8 @@ def check_denoiser(D, path, param: str = "model", device="cpu"):
 def check_shape(D, images, param: str, what: str = "images"):
     """Refuse an image set (an ImageSet, array or tensor (N, C, H, W), or its per-image ``shape`` as
     a tuple) unless its per-image shape is the model's (``D.shape``); InputError naming ``param``."""
+    if getattr(D, "shape", None) is None:  # a bare callable says nothing about its images
+        return
     shape = tuple(images) if isinstance(images, tuple) else tuple(getattr(images, "images", images).shape[1:])
     if shape != tuple(D.shape):
         raise InputError(f"{what} have shape {'x'.join(map(str, shape))} but the model's images are "
