@@ -180,6 +180,9 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
                                 progress=progress, allow_pickle=allow_pickle)
         _check_features(features, source, train_set, device or "cpu")  # before any criterion reports
         _check_gate(gate, features, held, gen.denoiser)
+        if tiles is not None and (len(train_set.shape) != 3 or train_set.shape[1] % tiles or train_set.shape[2] % tiles):
+            raise InputError(f"images of shape {tuple(train_set.shape)} cannot be cut into {tiles} x {tiles} equal "
+                             "tiles", param="tiles")
         ctx = AuditInputs(train=train_set, generated=gen.images, heldout=held, denoiser=gen.denoiser,
                           features=features, source=source, threshold=threshold, memory_limit=memory_limit,
                           device=device or "cpu", seed=seed, progress=progress, cache=cache, tiles=tiles,
