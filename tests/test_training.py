@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+import diffmem
 
 from diffmem.runs import load_run, read_snapshot
 from diffmem.cli import run
@@ -137,6 +138,12 @@ def test_schedules_follow_edm():
     assert ema_beta(64_000, 64, 1e4, 0.05) == pytest.approx(0.5 ** (64 / 3200))
     assert ema_beta(10**7, 64, 1e4, 0.05) == pytest.approx(0.5 ** (64 / 1e4))
     assert ema_beta(0, 64, 1e4, 0.0) == pytest.approx(0.5 ** (64 / 1e4))
+    # an EMA warm-up in images: the half-life grows linearly to its value, then the rate holds exactly
+    assert ema_beta(0, 64, 1e4, rate=0.99, warmup_images=8000) == 0.0
+    assert ema_beta(2000, 64, 1e4, rate=0.99, warmup_images=8000) == pytest.approx(0.5 ** (64 / 2500))
+    assert ema_beta(8000, 64, 1e4, rate=0.99, warmup_images=8000) == 0.99
+    assert ema_beta(64, 64, 1e4, rate=0.99) == 0.99  # no warm-up: the rate from the first step
+    assert ema_beta(64_000, 64, 1e4, 0.05, rate=0.99) == pytest.approx(0.5 ** (64 / 3200))  # EDM's ramp, asked for
     # a rate r per step is the half-life h with r = 0.5^(batch/h)
     h = halflife_from_rate(0.99929, 512)
     assert 0.5 ** (512 / h) == pytest.approx(0.99929) and h == pytest.approx(5.0e5, rel=2e-3)
@@ -295,3 +302,35 @@ def test_train_from_python_with_an_image_set(digits, tmp_path, one_thread):
     with pytest.raises(InputError) as err:
         diffmem.train(config.replace(lr=1e-3), subset, tmp_path / "run", resume=True)
     assert err.value.param == "lr"
+
+
+def test_ema_rate_is_the_rate_after_a_warmup_in_epochs(digits16, capsys, tmp_path):
+    """Gu et al.: the EMA rate is warmed up over the first epochs, then held at the rate given."""
+    out = tmp_path / "run"
+    c = _dry(capsys, "--data", str(digits16), "--out", str(out), *TINY, "--steps", "5", "--batch", "4",
+             "--ema-rate", "0.99", "--ema-warmup", "3ep")
+    assert c["ema_warmup_images"] == 48 and c["ema_ramp"] == 0.0 and c["ema_rate"] == 0.99
+    c = _dry(capsys, "--data", str(digits16), "--out", str(out), *TINY, "--steps", "5", "--ema-rate", "0.99")
+    assert c["ema_warmup_images"] == 0 and c["ema_ramp"] == 0.0  # a rate is the rate: no hidden ramp
+    c = _dry(capsys, "--data", str(digits16), "--out", str(out), *TINY, "--steps", "5", "--ema", "1000")
+    assert c["ema_ramp"] == 0.05  # a half-life keeps EDM's ramp
+
+
+def test_ema_warmup_reaches_the_rate_in_training(digits16, tmp_path):
+    config = diffmem.TrainConfig(preset="tiny", channels=8, precond="edm", epochs=2, batch=4, lr=1e-3,
+                                 ema_rate=0.9, ema_warmup="1ep", log_every=1)
+    diffmem.train(config, digits16, tmp_path / "run")
+    betas = [json.loads(line)["ema_beta"] for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    h = 4 * math.log(0.5) / math.log(0.9)
+    # step k (from 0) averages after k·batch images: the half-life is h·k/4 over the first epoch (4 steps)
+    assert betas[:4] == pytest.approx([0.0] + [0.5 ** (4 / (h * k / 4)) for k in (1, 2, 3)])
+    assert betas[4:] == [0.9] * 4
+
+
+@pytest.mark.parametrize("kwargs, param", [(dict(ema_warmup="2ep", ema_rampup=0.05), "ema_warmup/ema_rampup"),
+                                           (dict(ema_warmup="soon"), "ema_warmup"),
+                                           (dict(ema_rampup=-1.0), "ema_rampup")])
+def test_ema_warmup_refuses(kwargs, param):
+    with pytest.raises(InputError) as e:
+        diffmem.TrainConfig(preset="tiny", steps=3, ema_rate=0.9, **kwargs)
+    assert e.value.param == param

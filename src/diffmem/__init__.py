@@ -60,6 +60,9 @@ _EXPORTS = {
     "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
     "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
     "run_demo": "diffmem.demo",
+    # intra-class diversity: DataSpec(blend="SOURCE:α", blend_class=K)
+    "blend_images": "diffmem.data.blend", "parse_blend": "diffmem.data.blend",
+    "replaced_positions": "diffmem.data.blend", "blend_counts": "diffmem.data.spec",
     # point clouds, the memorized fraction on points, regularized optima (seed 002)
     "PointCloud": "diffmem.data.points", "make_points": "diffmem.data.points", "load_data": "diffmem.data.points",
     "save_points": "diffmem.data.points", "proximity": "diffmem.metrics.proximity",

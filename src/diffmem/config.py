@@ -30,6 +30,7 @@ from diffmem.rng import check_seed
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("cpu", "cuda")
 DEFAULT_EMA_HALFLIFE = 500_000  # images (EDM: 500 kimg, i.e. rate 0.99929 at batch 512)
+EDM_EMA_RAMPUP = 0.05  # EDM's EMA ramp for a half-life: half-life ≤ 0.05 · images seen
 MAX_CLASSES = 2**20  # class indices beyond this would make the label embedding absurdly large
 
 # Fields that may differ between a run and its resume: they do not change the numbers it computes.
@@ -70,8 +71,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 on the gradient for adam/sgd (seed 001), decoupled for adamw
     optimizer: str = "adam"  # adam | adamw | sgd
     ema: str | None = None  # EMA half-life: images or "Nep" (default 500 000 images)
-    ema_rate: float | None = None  # or a constant decay per step in [0, 1)
-    ema_rampup: float = 0.05  # half-life ≤ ema_rampup · images seen (EDM); 0 = off
+    ema_rate: float | None = None  # or the decay per step in [0, 1), exactly, once the warm-up is over
+    ema_warmup: str | None = None  # EMA warm-up: images or "Nep"; the half-life grows linearly to its value
+    ema_rampup: float | None = None  # EDM's ramp instead: half-life ≤ ema_rampup · images seen (None: 0.05 for
+    #                                  ema, off for ema_rate and with ema_warmup; 0 = off)
     seed: int = 0
     # What to save and measure.
     snapshots: str = ""  # EMA snapshot epochs, e.g. "10,50,log:8" (the final one always)
@@ -135,9 +138,15 @@ class TrainConfig:
         fix("track_every", check_number("track_every", self.track_every, lo=0, integer=True))
         fix("lr", check_number("lr", self.lr, lo=0, lo_open=True))
         fix("weight_decay", check_number("weight_decay", self.weight_decay, lo=0))
-        fix("ema_rampup", check_number("ema_rampup", self.ema_rampup, lo=0))
         if self.ema is not None and self.ema_rate is not None:
             raise InputError("give at most one of them", param="ema/ema_rate")
+        if self.ema_warmup is not None:
+            if self.ema_rampup:
+                raise InputError("give at most one EMA warm-up", param="ema_warmup/ema_rampup")
+            fix("ema_warmup", str(self.ema_warmup))
+            parse_duration_images(self.ema_warmup, 1, "ema_warmup")
+        if self.ema_rampup is not None:
+            fix("ema_rampup", check_number("ema_rampup", self.ema_rampup, lo=0))
         if self.ema_rate is not None:
             fix("ema_rate", check_number("ema_rate", self.ema_rate, lo=0, hi=1, hi_open=True))
         fix("lr_warmup", str(self.lr_warmup))
@@ -223,7 +232,9 @@ class RunPlan:
     total_epochs: float
     lr_effective: float
     lr_warmup_images: int
-    ema_halflife_images: float
+    ema_halflife_images: float  # the EMA's half-life once warmed up (that of ema_rate at this batch)
+    ema_warmup_images: int = 0  # linear warm-up of the half-life (0 = none)
+    ema_ramp: float = 0.0  # EDM's ramp in force: half-life ≤ ema_ramp · images seen (0 = none)
     snapshot_epochs: list[int] = field(default_factory=list)
     world_size: int = 1
     parameters: int | None = None
@@ -264,10 +275,15 @@ def plan_run(config: TrainConfig, data, *, world_size: int = 1, parameters: int 
         halflife = halflife_from_rate(config.ema_rate, config.batch)
     else:
         halflife = float(DEFAULT_EMA_HALFLIFE if config.ema is None else parse_duration_images(config.ema, n, "ema"))
+    ema_warmup = 0 if config.ema_warmup is None else parse_duration_images(config.ema_warmup, n, "ema_warmup")
+    ema_ramp = config.ema_rampup
+    if ema_ramp is None:  # EDM's ramp for a half-life; a rate is the rate (after ema_warmup, if any)
+        ema_ramp = EDM_EMA_RAMPUP if config.ema_rate is None and config.ema_warmup is None else 0.0
     return RunPlan(
         num_images=n, in_channels=channels, resolution=height, num_classes=data.num_classes,
         data_sha256=data_fingerprint(data.images, data.labels), total_steps=total_steps, total_epochs=total_epochs,
         lr_effective=config.lr * (config.batch / config.lr_scaling if config.lr_scaling else 1.0),
         lr_warmup_images=parse_duration_images(config.lr_warmup, n, "lr_warmup"), ema_halflife_images=halflife,
+        ema_warmup_images=ema_warmup, ema_ramp=ema_ramp,
         snapshot_epochs=parse_snapshots(config.snapshots, max(int(total_epochs), 1)), world_size=world_size,
         parameters=parameters, dim=dim)

@@ -37,7 +37,7 @@ from diffmem.sampling import sample
 from diffmem.sweep import emm
 
 DEMO_SIZES = (8, 16, 32, 64)
-DEMO_TRAIN = dict(preset="tiny", channels=16, precond="edm", epochs=1000, batch=32, lr=2e-3, ema_rate=0.99,
+DEMO_TRAIN = dict(preset="tiny", channels=16, precond="edm", epochs=1000, batch=32, lr=2e-3, ema_rate=0.99, ema_rampup=0.05,
                   track_every=100, checkpoint_every=500)
 
 

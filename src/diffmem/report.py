@@ -216,6 +216,10 @@ def sweep_report(folder: Path, out: Path) -> Report:
     sweep = json.loads((folder / "sweep.json").read_text())
     rows = json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else []
     report = Report(f"Sweep {sweep['name']} ({sweep['mode']})", table=rows)
+    if (folder / "seeds.json").exists():  # intervals with the training-seed spread beside the sampling CIs
+        report.tables.append(("Over training seeds (seed_ci_width: Student-t interval over seeds; "
+                              "sampling_ci_width: mean bootstrap CI of one run)",
+                              json.loads((folder / "seeds.json").read_text())))
     cells = [c for c in sweep["cells"] if (folder / c["name"]).is_dir()]
     knobs = list(cells[0]["knobs"]) if cells else []
     if sweep["mode"] == "emm":
@@ -267,8 +271,25 @@ def study_report(folder: Path, out: Path) -> Report:
 STUDY_ROWS = 200  # longer tables (e.g. per-step curves) stay in their CSV files
 
 
+def factors_report(folder: Path, out: Path) -> Report:
+    """A folder of sweeps (a factor study, :mod:`diffmem.factors`): the summary figure and table;
+    each sweep's own report is ``diffmem report FOLDER/NAME``."""
+    from diffmem.factors import study_rows, summary_figure
+
+    rows = study_rows(folder)
+    report = Report(f"Factor study {folder.name}", table=rows)
+    report.lines.append("One row per factor value; intervals include the training-seed spread where seeds > 1 "
+                        "(else the sampling CI of one run). Per-finding reports: " +
+                        ", ".join(f"{name}/report/index.html" for name in dict.fromkeys(r["finding"] for r in rows)))
+    if rows:
+        _add(report, out, "factors.png", "Every factor's effect on EMM or on the ratio", summary_figure(rows))
+    return report
+
+
 def kind_of(folder: Path) -> str:
-    """``sweep`` | ``emm`` | ``run`` | ``study``, from the files in the folder."""
+    """``sweep`` | ``emm`` | ``run`` | ``study`` | ``factors``, from the files in the folder."""
+    from diffmem.factors import is_factor_study
+
     if (folder / "sweep.json").exists():
         try:
             sweep = json.loads((folder / "sweep.json").read_text())
@@ -289,6 +310,8 @@ def kind_of(folder: Path) -> str:
         return "run"
     if (folder / "results.json").exists() and any(folder.glob("*.png")):
         return "study"
+    if is_factor_study(folder):
+        return "factors"
     raise InputError(f"{folder}: not a run, EMM, sweep or study folder (no summary.json, emm.json, sweep.json, "
                      "or results.json with figures)")
 
@@ -361,6 +384,8 @@ def _build(kind: str, folder: Path, out: Path) -> Report:
         return emm_report(folder, out)
     if kind == "study":
         return study_report(folder, out)
+    if kind == "factors":
+        return factors_report(folder, out)
     if kind == "emm-sweep":
         sweep = json.loads((folder / "sweep.json").read_text())
         return emm_report(folder / sweep["cells"][0]["name"], out, report=Report(f"EMM {sweep['name']}"))

@@ -1,7 +1,9 @@
 """Training schedules (EDM, Karras et al. 2022), counted in training images ``nimg = step · batch``:
 
     lr(nimg)    = lr · min(nimg / warmup_images, 1)
-    β_ema(nimg) = 0.5 ^ (batch / max(min(halflife, rampup · nimg), 1e-8))
+    β_ema(nimg) = 0.5 ^ (batch / h(nimg)),  h(nimg) = halflife · nimg / ema_warmup  during the warm-up
+                                                   = rampup · nimg                 on EDM's ramp
+    and, once warmed up, β = the rate the user gave (or 0.5 ^ (batch / halflife) for a half-life).
 
 and the order in which images are seen: one random permutation of the data set per epoch, the
 global batch at ``step`` being images ``step·batch .. (step+1)·batch - 1`` of their concatenation.
@@ -22,11 +24,18 @@ def learning_rate(nimg: int, lr: float, warmup_images: int) -> float:
     return lr * min(nimg / warmup_images, 1.0) if warmup_images > 0 else lr
 
 
-def ema_beta(nimg: int, batch: int, halflife_images: float, rampup: float | None) -> float:
-    """EMA decay per step for a half-life in images, ramped up as ``rampup · nimg`` (EDM)."""
-    halflife = halflife_images
-    if rampup:
-        halflife = min(halflife, nimg * rampup)
+def ema_beta(nimg: int, batch: int, halflife_images: float, rampup: float = 0.0, *, rate: float | None = None,
+             warmup_images: int = 0) -> float:
+    """EMA decay per step after ``nimg`` training images: while warming up, that of a half-life that
+    grows linearly over ``warmup_images`` (Gu et al.: the EMA warmed up over the first epochs), or
+    EDM's ramp ``min(halflife, rampup · nimg)``; afterwards ``rate`` exactly when given, else the
+    decay of ``halflife_images``."""
+    if warmup_images and nimg < warmup_images:
+        halflife = halflife_images * nimg / warmup_images
+    elif rampup and rampup * nimg < halflife_images:
+        halflife = rampup * nimg
+    else:
+        return rate if rate is not None else 0.5 ** (batch / max(halflife_images, 1e-8))
     return 0.5 ** (batch / max(halflife, 1e-8))
 
 

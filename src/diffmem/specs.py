@@ -5,7 +5,7 @@
     mode = "runs"            # one training run per cell; or "emm": an EMM over sizes per cell
     combine = "product"      # the axes' product; or "zip" (equal lengths, taken side by side)
 
-    [data]                   # a DataSpec: source, size, resolution, labels, classes, seed, split, root
+    [data]                   # a DataSpec: source, size, resolution, labels, classes, blend, blend_class, seed, ...
     source = "digits"
     size = 64
     labels = "none"

@@ -6,6 +6,8 @@ local pool or Ray (:mod:`diffmem.engines`), gathered into one table.
     OUT/<cell>/size-000064/        mode "emm": one run folder per |D| ...
     OUT/<cell>/emm.json            ... and the cell's EMM estimate
     OUT/results.csv, results.json  one row per cell
+    OUT/seeds.csv, seeds.json      with a ``train.seed`` axis: one row per configuration over its
+                                   training seeds (:mod:`diffmem.seeds`: intervals with the seed spread)
 
 Re-running the same sweep skips finished runs (``summary.json`` present; their config and data
 must match the spec, else a clear error), resumes unfinished ones from their last state, and
@@ -34,6 +36,7 @@ from diffmem.specs import Cell, EMMSettings, Spec, check_cells
 
 MEMORIZATION_ONSET = 0.1  # "first memorization": the first tracked epoch with a ratio at least this
 SWEEP_FILE, EMM_FILE, TABLE_CSV, TABLE_JSON = "sweep.json", "emm.json", "results.csv", "results.json"
+SEEDS_TABLE = "seeds"  # seeds.csv, seeds.json
 TIMING_FILE, DATA_FILE = "wall_time.json", "data.json"
 
 
@@ -214,6 +217,7 @@ class SweepResult:
     out: Path
     rows: list[dict]  # one per finished cell, in the spec's order
     estimates: dict  # cell name -> EMMEstimate (mode "emm")
+    by_seed: list[dict] | None = None  # with a train.seed axis: one row per configuration over its seeds
 
 
 def _jobs(spec: Spec, cells: list[Cell], out: Path, progress: bool = False) -> list[tuple]:
@@ -243,16 +247,48 @@ def collect_rows(spec: Spec, cells: list[Cell], out: Path) -> list[dict]:
     return rows
 
 
-def write_table(out: Path, rows: list[dict]) -> None:
-    """``results.csv`` and ``results.json`` (strict JSON: missing values are null)."""
+def seed_rows(spec: Spec, cells: list[Cell], out: Path, rows: list[dict]) -> list[dict] | None:
+    """With a training-seed axis, one row per configuration over its seeds (:mod:`diffmem.seeds`);
+    else None."""
+    from diffmem.seeds import SEED_KNOB, aggregate_emm, aggregate_runs
+
+    knobs = list(cells[0].knobs) if cells else []
+    if SEED_KNOB not in knobs:
+        return None
+    if spec.mode == "runs":
+        return aggregate_runs(rows, knobs)
+    others = [k for k in knobs if k != SEED_KNOB]
+    groups, seed_emms = {}, {}
+    for cell in cells:
+        key = tuple(cell.knobs.get(k) for k in others)
+        points, row = finished_sizes(out / cell.name), emm_row(out / cell.name)
+        if points:
+            groups.setdefault(key, []).append(points)
+        seed_emms.setdefault(key, []).append(row["emm"] if row else None)
+    return aggregate_emm(groups, others, spec.emm.epsilon, seed_emms)
+
+
+def write_tables(spec: Spec, cells: list[Cell], out: Path) -> list[dict]:
+    """The per-cell table and, with a seed axis, the per-configuration one; returns the first."""
+    rows = collect_rows(spec, cells, out)
+    write_table(out, rows)
+    by_config = seed_rows(spec, cells, out, rows)
+    if by_config is not None:
+        write_table(out, by_config, stem=SEEDS_TABLE)
+    return rows
+
+
+def write_table(out: Path, rows: list[dict], stem: str = "results") -> None:
+    """``results.csv`` and ``results.json`` (or ``STEM.csv``, ``STEM.json``; strict JSON: missing
+    values are null)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    write_text(out / TABLE_CSV, buffer.getvalue())
-    write_json(out / TABLE_JSON, rows, allow_nan=False)
+    write_text(out / f"{stem}.csv", buffer.getvalue())
+    write_json(out / f"{stem}.json", rows, allow_nan=False)
 
 
 def _csv_value(value):
@@ -304,9 +340,10 @@ def run_sweep(spec: Spec, out=None, *, engine: str = "local", workers: int = 1, 
         remaining[name] -= 1
         if spec.mode == "emm" and remaining[name] == 0:
             estimates[name] = _estimate(spec, out, by_name[name], result if isinstance(result, EMMEstimate) else None)
-        write_table(out, collect_rows(spec, cells, out))
+        write_tables(spec, cells, out)
         report.done(_job_line(key, result, estimates.get(name) if remaining[name] == 0 else None))
-    return SweepResult(out, collect_rows(spec, cells, out), estimates)
+    rows = collect_rows(spec, cells, out)
+    return SweepResult(out, rows, estimates, seed_rows(spec, cells, out, rows))
 
 
 def check_out_path(out) -> None:

@@ -331,7 +331,8 @@ def _step(loop: _Loop) -> None:
     for group in loop.optimizer.param_groups:
         group["lr"] = loop.lr
     loop.optimizer.step()
-    loop.beta = ema_beta(nimg, B, record["ema_halflife_images"], config.ema_rampup)
+    loop.beta = ema_beta(nimg, B, record["ema_halflife_images"], record["ema_ramp"], rate=config.ema_rate,
+                         warmup_images=record["ema_warmup_images"])
     update_ema(loop.ema, loop.model, loop.beta)
 
     mean_loss = loss_sum.detach().double() / b

@@ -1,4 +1,4 @@
-"""``diffmem data``: build a training set (subset, resolution, labels) and write it as an EDM zip.
+"""``diffmem data``: build a training set (subset, resolution, blend, labels) and write it as an EDM zip.
 
 A thin layer over :class:`~diffmem.data.spec.DataSpec` and :func:`~diffmem.data.spec.make_dataset`
 (what sweeps train on): the flags are the spec's fields, so its errors name the flag.
@@ -14,7 +14,7 @@ import numpy as np
 from diffmem.atomic import prepare_output
 from diffmem.data.io import write_dataset_zip
 from diffmem.data.points import is_point_source, is_points_file, save_points
-from diffmem.data.spec import MAX_RESOLUTION, MIN_RESOLUTION, DataSpec, heldout_set, make_dataset
+from diffmem.data.spec import MAX_RESOLUTION, MIN_RESOLUTION, DataSpec, blend_counts, heldout_set, make_dataset
 from diffmem.errors import InputError
 
 
@@ -46,6 +46,13 @@ def _heldout_path(heldout_out, heldout_size, out: Path, overwrite: bool) -> Path
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random labels (0..2^63-1).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--root", default=None, help="Where a source's files are (cifar10 archive, idx folder).")
+@click.option("--blend", default=None, metavar="SOURCE:ALPHA",
+              help="Intra-class diversity: replace round(ALPHA*n) of the n images of class --blend-class "
+                   "(ALPHA in 0..1) with that class's images from SOURCE (digits, mnist, fashion-mnist, or a labeled "
+                   "image set's path), resized like --resolution to the set's size; a fixed rule picks the replaced "
+                   "positions, so sets stay nested across --size. Held-out images come from --source only. "
+                   "E.g. --source digits --blend mnist:0.5 --blend-class 3.")
+@click.option("--blend-class", type=int, default=None, help="The class (label value) whose images --blend replaces.")
 @click.option("--dim", type=int, default=None, help="Point sources (toy2d, gaussian-mixture:K): dimension d [2].")
 @click.option("--out", required=True, help="Output EDM dataset zip (a point source: an .npz of points).")
 @click.option("--heldout-out", default=None,
@@ -53,10 +60,11 @@ def _heldout_path(heldout_out, heldout_size, out: Path, overwrite: bool) -> Path
 @click.option("--heldout-size", type=int, default=None,
               help="Number of held-out images (class-balanced, nested). Default: all the source has left.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, dim, out, overwrite, heldout_out=None, heldout_size=None):
+def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, dim, out, overwrite, heldout_out=None,
+             heldout_size=None, blend=None, blend_class=None):
     """Write a training set as an EDM-style dataset zip (PNGs + dataset.json)."""
     spec = DataSpec(source=source, size=size, resolution=resolution, labels=label_mode, classes=classes,
-                    seed=seed, split=split, root=root, dim=dim)
+                    seed=seed, split=split, root=root, dim=dim, blend=blend, blend_class=blend_class)
     if is_point_source(source) or is_points_file(source):  # as make_dataset decides
         if heldout_out is not None or heldout_size is not None:
             raise InputError(f"{source}: a point source; held-out sets are for image sources (draw fresh points "
@@ -73,6 +81,9 @@ def data_cmd(source, size, resolution, label_mode, classes, seed, split, root, d
     c, h, w = data.shape
     mode = spec.label_mode(data.labels is not None)  # with no --labels, labels exist iff the source has them
     click.echo(f"wrote {out}: {len(data)} images, shape {c}x{h}x{w}, {n_classes} classes (labels: {mode})")
+    if spec.blend is not None:
+        replaced, of = blend_counts(spec)
+        click.echo(f"blended: {replaced} of class {spec.blend_class}'s {of} images from {spec.blend.rpartition(':')[0]}")
     if held is not None:
         write_dataset_zip(heldout_out, held.images, held.labels, overwrite=overwrite, param="heldout_out")
         click.echo(f"wrote {heldout_out}: {len(held)} held-out images (none of them in {out})")

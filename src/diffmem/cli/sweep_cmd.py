@@ -47,6 +47,8 @@ def sweep_cmd(spec, out, engine, workers, threads, address, gpus, progress):
     parsed = parse_spec(spec)
     result = run_sweep(parsed, out, **_engine(workers, threads, engine, address, gpus, progress))
     click.echo(f"{len(result.rows)} cells finished; table in {result.out / TABLE_CSV}")
+    if result.by_seed is not None:
+        click.echo(f"{len(result.by_seed)} configurations over their training seeds in {result.out / 'seeds.csv'}")
 
 
 @click.command("emm")

@@ -56,9 +56,14 @@ KNOBS = [
                  help="Linear scaling rule: lr_used = lr * batch / REF_BATCH."),
     click.option("--ema", type=str, default=None, metavar="HALFLIFE",
                  help="EMA half-life in images (500000) or in epochs, i.e. scaled by |D| (0.5ep) [500000]."),
-    click.option("--ema-rate", type=float, default=None, help="EMA decay per step instead of --ema (0 = no averaging)."),
+    click.option("--ema-rate", type=float, default=None,
+                 help="EMA decay per step instead of --ema, exactly, once --ema-warmup is over (0 = no averaging)."),
+    click.option("--ema-warmup", type=str, default=None,
+                 help="EMA warm-up: the half-life grows linearly to its value over these images (10000) or "
+                      "epochs (20ep), as Gu et al. [none]."),
     click.option("--ema-rampup", type=float, default=None,
-                 help=f"EMA warm-up: half-life <= ratio * images seen {_default('ema_rampup')}; 0 = off."),
+                 help="EDM's EMA ramp instead: half-life <= ratio * images seen [0.05 for --ema, off for "
+                      "--ema-rate]; 0 = off."),
     click.option("--seed", type=int, default=None, help=f"Random seed {_default('seed')}."),
     click.option("--device", type=click.Choice(DEVICES), default=None, help="Device [cuda if available]."),
     click.option("--snapshots", type=str, default=None, help="EMA snapshot epochs, e.g. 10,50,log:8 (the final one always)."),

@@ -1,12 +1,14 @@
-"""A training set described by its recipe: source, nested class-balanced size, resolution, labels.
+"""A training set described by its recipe: source, nested class-balanced size, resolution, blend, labels.
 
     make_dataset(DataSpec(source="digits", size=64, labels="none"))
 
 is what ``diffmem data --source digits --size 64 --labels none`` writes, and what sweeps and EMM
 runs train on: the first ``size/K`` images of each of the first K classes (so a smaller set is a
-subset of a larger one), resized, then relabelled (``none | true | random:C | unique``, the
-training-set forms of :mod:`diffmem.data.labels`). Every field is checked on construction and an
-error names the field, which is also the flag of ``diffmem data``.
+subset of a larger one), resized, a share of one class's images optionally taken from a second
+source (``blend = "mnist:0.5"``, ``blend_class = 3``: :mod:`diffmem.data.blend`), then relabelled
+(``none | true | random:C | unique``, the training-set forms of :mod:`diffmem.data.labels`). Every
+field is checked on construction and an error names the field, which is also the flag of
+``diffmem data``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffmem.data.blend import blend_images, check_blend, parse_blend, replaced_positions
 from diffmem.data.imageset import ImageSet
 from diffmem.data.sources import load_source
 from diffmem.data.labels import DATA_FORMS, assign_labels, parse_labels
@@ -42,6 +45,8 @@ class DataSpec:
     split: str = "train"  # train | test
     root: str | None = None  # where a source's files are (cifar10 archive, idx folder)
     dim: int | None = None  # point sources (toy2d, gaussian-mixture:K): the dimension d (None: 2)
+    blend: str | None = None  # "SOURCE:α": a share α of class blend_class's images from SOURCE
+    blend_class: int | None = None  # the class (label value) whose images blend replaces
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -76,6 +81,7 @@ class DataSpec:
             if not is_point_source(self.source):
                 raise InputError(f"only point sources ({', '.join(POINT_SOURCES)}) have a dimension, not "
                                  f"{self.source!r}; leave it out", param="dim")
+        fix("blend_class", check_blend(self.blend, self.blend_class, self.source))
 
     def replace(self, **changes) -> DataSpec:
         return dataclasses.replace(self, **changes)
@@ -98,16 +104,29 @@ def make_dataset(spec: DataSpec) -> ImageSet | PointCloud:
     data = _subset(data, spec.size, spec.classes)
     if spec.resolution is not None:
         data = resize(data, spec.resolution)
+    if spec.blend is not None:
+        data = blend_images(data, spec.blend, spec.blend_class, split=spec.split)
     labels = assign_labels(data.labels, spec.label_mode(data.labels is not None), spec.seed, n=len(data))
     name = spec.source if not Path(spec.source).exists() else str(Path(spec.source).resolve())
     recipe = ",".join(f"{k}={v}" for k, v in spec.to_dict().items() if k != "source" and v is not None)
     return ImageSet(data.images, labels, source=f"{name}[{recipe}]")
 
 
+def blend_counts(spec: DataSpec) -> tuple[int, int]:
+    """(images replaced, images of class ``blend_class``) in ``make_dataset(spec)``; (0, 0) without a blend."""
+    if spec.blend is None:
+        return 0, 0
+    data = load_source(spec.source, split=spec.split, root=spec.root)
+    if data.labels is None:
+        return 0, 0
+    members = int(np.sum(data.labels[_subset_index(data, spec.size, spec.classes)] == spec.blend_class))
+    return int(replaced_positions(members, parse_blend(spec.blend)[1]).sum()), members
+
+
 def _points(spec: DataSpec) -> PointCloud:
     """A point set: the first ``size`` points, labels ``none`` unless asked for (a mixture's labels
-    are its components: ``labels = "true"``). Resolution, classes, split and root do not apply."""
-    for name in ("resolution", "classes", "root"):
+    are its components: ``labels = "true"``). Resolution, classes, blend, split and root do not apply."""
+    for name in ("resolution", "classes", "root", "blend"):
         if getattr(spec, name) is not None:
             raise InputError(f"{spec.source}: a point cloud has no {name}; leave it out", param=name)
     if spec.split != "train":
@@ -158,7 +177,8 @@ def heldout_set(spec: DataSpec, num: int | None = None) -> ImageSet:
     the training set takes the whole split, the other split of a source that has one (mnist,
     fashion-mnist, cifar10). ``num`` takes a nested class-balanced subset of the pool (remainders to
     the first classes; the first ``num`` of an unlabeled pool); None keeps all of it. Errors name
-    ``heldout_size``.
+    ``heldout_size``. With a ``blend``, held-out images are the first source's only (its images
+    that the blend replaced are neither in the training set nor held out).
     """
     if num is not None:
         num = check_number("heldout_size", num, lo=1, integer=True)
