@@ -397,5 +397,18 @@ def parse_spec(path, *, mode: str | None = None) -> Spec:
         except InputError as err:
             raise InputError(f"{path}: [{section}] {err.param}: {err.detail}") from None
     spec = Spec(path, name, mode, combine, tables["data"], tables["train"], axes, emm, settings)
-    spec.cells()  # validate every cell now, before anything runs
+    _check_base(spec, spec.cells())  # validate every cell now, before anything runs
     return spec
+
+
+def _check_base(spec: Spec, cells: list[Cell]) -> None:
+    """The base [data] and [train] values an axis overrides are values of the spec too: checked
+    with the first cell's others."""
+    for section, cls, table in (("data", DataSpec, spec.data), ("train", TrainConfig, spec.train)):
+        first = getattr(cells[0], section)
+        if first is not None and table:
+            try:
+                cls(**{**first.to_dict(), **table})
+            except InputError as err:
+                raise InputError(f"{spec.path}: [{section}] {err.param}: {err.detail} (overridden by [axes], "
+                                 "still a value of the spec)") from None
