@@ -74,7 +74,7 @@ def _memory() -> tuple[int, int]:
 def _child(method: str, train: str, gen: str, limit: int, queue) -> None:
     import torch
 
-    from diffmem.audit import audit
+    from diffmem.auditing.audit import audit
     from diffmem.data import ImageSet
 
     torch.set_num_threads(2)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffmem.emm import SizePoint, adaptive_search, grid_search
+from diffmem.studies.emm import SizePoint, adaptive_search, grid_search
 from diffmem.metrics.memorization import bootstrap_ci
 
 EPS, EPOCHS, N = 0.1, 1000, 200

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from diffmem.denoisers.adapters import (
-    DiffusersDenoiser, load_denoiser, load_diffusers, load_torchscript, save_torchscript, timestep_for_sigma,
+    DiffusersDenoiser, load_diffusers, load_torchscript, save_torchscript, timestep_for_sigma,
 )
 from diffmem.errors import InputError
+from diffmem.runs import load_denoiser
 from diffmem.sampling import sample
 from tests.conftest import one_line
 

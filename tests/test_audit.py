@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import browser_dom, one_line
-from diffmem.audit import audit
+from diffmem.auditing.audit import audit
 from diffmem.data import ImageSet, load_image_set, save_npz, write_dataset_zip, write_png_folder
 from diffmem.data.stream import chunk_rows, open_streamed
 from diffmem.metrics.copying import authenticity
@@ -125,8 +125,8 @@ def test_verdict_is_a_ci_gate(files, run_cli, tmp_path):
 
 
 def test_rate_is_checked_against_the_threshold_exactly():
-    from diffmem.audit import AuditResult
-    from diffmem.audit_criteria import Criterion
+    from diffmem.auditing.audit import AuditResult
+    from diffmem.auditing.criteria import Criterion
 
     flags = np.array([True, False, False, False])
     crit = Criterion("pixel", True, "", 0.25, None, flags)

@@ -13,7 +13,7 @@ from diffmem.data import (DataSpec, ImageSet, blend_counts, load_image_set, make
                           save_npz, take)
 from diffmem.data.spec import heldout_set
 from diffmem.errors import InputError
-from diffmem.specs import parse_spec
+from diffmem.studies.specs import parse_spec
 
 K = 3  # the blended class
 

@@ -142,7 +142,7 @@ def test_degenerate_feature_extractors_are_refused(files, run_cli, extractor, ne
 
 def test_the_measurement_cache_is_keyed_on_the_sets(files, monkeypatch):
     """`select` answered from RUN/timescales.json after --train / --heldout changed."""
-    import diffmem.timescales as ts
+    import diffmem.studies.timescales as ts
     from diffmem.data import load_image_set
 
     calls = []
@@ -362,8 +362,8 @@ def _api_cases(root):
     from diffmem.config import TrainConfig
     from diffmem.data.spec import DataSpec
     from diffmem.metrics.memorization import memorization
-    from diffmem.specs import EMMSettings
-    from diffmem.sweep import emm, run_sweep
+    from diffmem.studies.specs import EMMSettings
+    from diffmem.studies.sweep import emm, run_sweep
 
     images = np.arange(4 * 64, dtype=np.uint8).reshape(4, 1, 8, 8)
     settings = EMMSettings(sizes=(8, 16))
@@ -431,9 +431,9 @@ def test_sweep_cells_are_reported_as_they_finish_and_quiet_on_request(tmp_path, 
 
 
 def test_adaptive_emm_reports_each_size_from_its_worker(tmp_path, monkeypatch, capsys):
-    import diffmem.sweep as sweep
-    from diffmem.emm import SizePoint
-    from diffmem.specs import EMMSettings, parse_spec
+    import diffmem.studies.sweep as sweep
+    from diffmem.studies.emm import SizePoint
+    from diffmem.studies.specs import EMMSettings, parse_spec
 
     spec = tmp_path / "s.toml"
     spec.write_text(SWEEP.replace("[axes]\nweight_decay = [0.0, 0.001]\n", "[emm]\nstrategy = \"adaptive\"\n"
@@ -453,7 +453,7 @@ def test_adaptive_emm_reports_each_size_from_its_worker(tmp_path, monkeypatch, c
 def test_timescales_snapshots_and_audit_criteria_are_reported(files, tmp_path, monkeypatch, capsys, run_cli):
     import shutil
 
-    import diffmem.timescales as ts
+    import diffmem.studies.timescales as ts
     from diffmem.data import load_image_set
 
     monkeypatch.setattr(ts, "measure_snapshot", lambda path, *a, **k: dict(

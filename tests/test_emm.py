@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from diffmem.emm import SizePoint, adaptive_search, crossing, estimate_emm, grid_search
+from diffmem.studies.emm import SizePoint, adaptive_search, crossing, estimate_emm, grid_search
 from diffmem.errors import InputError
 
 # ratio = A - B·ln|D|: linear in log size, so interpolation in log size is exact.

@@ -1,12 +1,12 @@
-"""The factor study's summary (diffmem.factors): rows read from each sweep's seed table or, without
+"""The factor study's summary (diffmem.studies.factors): rows read from each sweep's seed table or, without
 seeds, its per-cell table; the report of a folder of sweeps with its one summary figure."""
 
 import json
 
 import pytest
 
-from diffmem.factors import finding_rows, is_factor_study, study_rows, summary_figure
-from diffmem.report import make_report
+from diffmem.studies.factors import finding_rows, is_factor_study, study_rows, summary_figure
+from diffmem.studies.report import make_report
 
 
 def _sweep(folder, name, mode, knobs, seeds=None, results=None):

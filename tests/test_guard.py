@@ -9,7 +9,7 @@ import pytest
 import diffmem.training as training
 from conftest import one_line
 from diffmem.config import TrainConfig
-from diffmem.guard import answer_line, choose, select_snapshot
+from diffmem.studies.guard import answer_line, choose, select_snapshot
 from diffmem.runs import list_snapshots, load_state, read_jsonl
 
 RATIOS = [0.0, 0.05, 0.3, 0.9, 1.0]  # what the fake tracker reports at epochs 10, 20, 30, 40, 50
@@ -51,7 +51,7 @@ def test_guard_stops_after_the_first_ratio_above_it(tmp_path, digits, scripted_t
     assert [e for e, _ in list_snapshots(run)] == [10, 20, 30]  # every measured net kept, none later
     assert load_state(run / "state.pt")["step"] == 30
     assert json.loads((run / "summary.json").read_text())["stopped"]["step"] == 30
-    from diffmem.sweep import run_row
+    from diffmem.studies.sweep import run_row
 
     row = run_row(run)  # a sweep's table lists what the run trained, not what it planned
     assert row["stopped_by_guard"] and row["steps"] == 30 and row["epochs"] == 30
@@ -71,7 +71,7 @@ def test_guard_at_the_edge_and_unguarded(tmp_path, digits, scripted_tracking):
     scripted_tracking.clear()
     summary = training.train(_config(epochs=30, snapshots="30"), data, tmp_path / "free")
     assert summary["stopped"] is None and [e for e, _ in list_snapshots(tmp_path / "free")] == [30]
-    from diffmem.sweep import run_row
+    from diffmem.studies.sweep import run_row
 
     assert not run_row(tmp_path / "free")["stopped_by_guard"] and run_row(tmp_path / "free")["epochs"] == 30
 
@@ -119,7 +119,7 @@ def test_choose_best_quality_within_the_limit():
 def tiny_run(tmp_path_factory):
     """A finished 4-digit run made as sweeps make them (so RUN/data.json holds its data recipe)."""
     from diffmem.data.spec import DataSpec
-    from diffmem.sweep import train_run
+    from diffmem.studies.sweep import train_run
 
     run = tmp_path_factory.mktemp("guard") / "run"
     train_run(DataSpec(source="digits", size=4, labels="none"), _config(epochs=8, track_every=0, snapshots="1,3"), run)
@@ -132,7 +132,7 @@ def test_select_measures_and_caches(tiny_run, run_cli, monkeypatch):
     assert sel.epoch == min(sel.points, key=lambda p: p["fd"])["epoch"]  # limit 1: the best FD overall
     assert sel.answer.startswith(f"use {tiny_run}/snapshot-epoch")
     # cached: the CLI re-uses the measurements; make every snapshot exceed the limit to see exit 1
-    import diffmem.timescales as ts
+    import diffmem.studies.timescales as ts
 
     monkeypatch.setattr(ts, "measure_snapshot", lambda *a, **k: pytest.fail("re-measured a cached snapshot"))
     cache = json.loads((tiny_run / "timescales.json").read_text())
@@ -189,7 +189,7 @@ def test_select_classifier_needs_a_source(tiny_run, tmp_path, run_cli, monkeypat
     --source; with --source it reaches the measurement."""
     import shutil
 
-    import diffmem.timescales
+    import diffmem.studies.timescales
     from diffmem.data import save_npz
     from diffmem.data.spec import DataSpec, heldout_set, make_dataset
 
@@ -208,6 +208,6 @@ def test_select_classifier_needs_a_source(tiny_run, tmp_path, run_cli, monkeypat
         seen["source"] = source
         return [dict(epoch=1, step=1, f_mem=0.0, ci95=[0.0, 0.0], fd=1.0)]
 
-    monkeypatch.setattr(diffmem.timescales, "measure_run", fake_measure)
+    monkeypatch.setattr(diffmem.studies.timescales, "measure_run", fake_measure)
     code, out, err = run_cli(["select", run, *flags, "--source", "digits"])
     assert code == 0 and seen["source"] == "digits", (code, out, err)

@@ -1,5 +1,5 @@
 """The random-features model of seed 003 (diffmem.denoisers.random_features) and its study
-(diffmem.rf_study, ``diffmem random-features``): the loss, gradient and score error against direct
+(diffmem.studies.rf, ``diffmem random-features``): the loss, gradient and score error against direct
 computations on tiny sizes, the time normalization, the onset and the fits, the CLI and bad input."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from conftest import one_line
 from diffmem.denoisers.random_features import (RandomFeatureScore, diffusion_coefficients, dsm_loss,
                                                dsm_loss_and_gradient, score_error)
 from diffmem.errors import InputError
-from diffmem.rf_study import RFSettings, eval_steps, fit_onsets, gd_step, onset_time, simulate, stability
+from diffmem.studies.rf import RFSettings, eval_steps, fit_onsets, gd_step, onset_time, simulate, stability
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,7 +87,7 @@ def test_one_step_moves_time_by_dt():
 
 def test_stability_number_against_numpy():
     """dt·Δ_t·λ_max(U)/ψ_p with U = ΦᵀΦ/n (p, p), diagonalized directly in numpy."""
-    from diffmem.rf_study import _draw
+    from diffmem.studies.rf import _draw
 
     s = _settings(dt=0.7)
     cell = s.cells()[2]
@@ -108,7 +108,7 @@ def test_onset_interpolates_in_log_time():
 
 
 def test_gap_onset_counts_the_excess_from_the_baseline():
-    from diffmem.rf_study import gap_onset
+    from diffmem.studies.rf import gap_onset
 
     tau = [0, 1, 2, 4, 8, 16, 32, 64]
     gap = [0, 0.1, 0.2, 0.25, 0.3, 0.3, 0.5, 0.9]
@@ -151,7 +151,7 @@ def test_simulation_curves():
     out = simulate(cell, s)
     assert out["n"] == 12 and out["p"] == 48 and out["step"][0] == 0 and out["step"][-1] == 60
     assert out["gap"][0] == 0.0  # common evaluation noise: identical losses at A = 0
-    from diffmem.rf_study import _draw
+    from diffmem.studies.rf import _draw
 
     _, _, x_test, noise, _ = _draw(cell, s)  # at A = 0: loss = ‖E‖²/(d·m·n), score error = ‖x_t‖²/(d·m·n)
     a, delta = diffusion_coefficients(s.t)
@@ -167,7 +167,7 @@ def test_simulation_curves():
 
 
 def test_unstable_time_step_is_refused():
-    from diffmem.rf_study import check_stability
+    from diffmem.studies.rf import check_stability
 
     s = _settings(dt=100.0, time=200.0)
     assert stability(s.cells()[0], s) > 2

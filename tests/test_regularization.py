@@ -14,8 +14,8 @@ from conftest import one_line
 from diffmem.data.points import make_points
 from diffmem.denoisers.optimal import OptimalDenoiser
 from diffmem.errors import InputError
-from diffmem.regularization import RegularizationSettings, measure_strength, run_regularization
-from diffmem.specs import parse_spec
+from diffmem.studies.regularization import RegularizationSettings, measure_strength, run_regularization
+from diffmem.studies.specs import parse_spec
 
 TOY = make_points("toy2d", 20).points.astype(np.float64)  # seed 002's toy: N = 20 points of N(0, I2)
 

@@ -77,9 +77,11 @@ def test_report_table_and_refusals(folders, run_cli):
     (other / "notes.txt").write_text("keep")
     code, _, err = run_cli(["report", folders / "sweep", "--out", other])
     assert code == 2 and "--out" in err and (other / "notes.txt").read_text() == "keep"
-    for bad in ("", folders / "nothing", folders / "emm.toml", folders):
+    for bad in ("", folders / "nothing", folders / "emm.toml", folders / "sweep" / "report"):
         code, _, err = run_cli(["report", bad])
         assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (bad, err)
+    assert run_cli(["report", folders])[0] == 0  # a folder of sweeps is a factor study (diffmem.factors)
+    assert (folders / "report" / "factors.png").exists()
 
 
 def test_a_study_folder_is_reported_with_its_figures_and_short_tables(tmp_path, run_cli):
@@ -88,7 +90,7 @@ def test_a_study_folder_is_reported_with_its_figures_and_short_tables(tmp_path, 
     from matplotlib.figure import Figure
 
     from diffmem.plots import save_figure
-    from diffmem.report import STUDY_ROWS
+    from diffmem.studies.report import STUDY_ROWS
 
     study = tmp_path / "study"
     study.mkdir()

@@ -1,4 +1,4 @@
-"""Intervals over training seeds (diffmem.seeds): the Student-t interval against its formula, the
+"""Intervals over training seeds (diffmem.studies.seeds): the Student-t interval against its formula, the
 per-configuration tables of runs and EMMs, and a sweep with a seed axis writing seeds.csv."""
 
 import json
@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from diffmem.emm import SizePoint, estimate_emm
-from diffmem.seeds import aggregate_emm, aggregate_runs, mean_points, seed_interval
-from diffmem.specs import parse_spec
-from diffmem.sweep import run_sweep
+from diffmem.studies.emm import SizePoint, estimate_emm
+from diffmem.studies.seeds import aggregate_emm, aggregate_runs, mean_points, seed_interval
+from diffmem.studies.specs import parse_spec
+from diffmem.studies.sweep import run_sweep
 
 
 def test_seed_interval_is_the_student_t_interval_of_the_mean():

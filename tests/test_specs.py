@@ -4,7 +4,7 @@ refused with one line naming the file and the key (exit 2)."""
 import pytest
 
 from diffmem.config import TrainConfig
-from diffmem.specs import cell_name, parse_spec
+from diffmem.studies.specs import cell_name, parse_spec
 
 BASE = """
 [data]

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from diffmem.specs import parse_spec
-from diffmem.sweep import run_sweep
+from diffmem.studies.specs import parse_spec
+from diffmem.studies.sweep import run_sweep
 
 SPEC = """
 name = "tiny-sweep"

@@ -10,7 +10,7 @@ import pytest
 import scipy.optimize
 import scipy.special
 
-from diffmem.timescales import (TimescaleSettings, analyze, first_crossing, fit_proportional, power_law, tau_gen,
+from diffmem.studies.timescales import (TimescaleSettings, analyze, first_crossing, fit_proportional, power_law, tau_gen,
                                 tau_mem)
 from conftest import one_line
 
@@ -172,7 +172,7 @@ def test_tiny_spec_end_to_end_and_resumable(tmp_path, run_cli, monkeypatch):
     assert all(0 <= p["f_mem"] <= 1 and p["ci95"][0] <= p["f_mem"] <= p["ci95"][1] and p["fd"] > 0 for p in curve)
     assert curve[0]["images"] == curve[0]["step"] * 4
     # a re-run measures nothing again and gives the same table
-    import diffmem.timescales as ts
+    import diffmem.studies.timescales as ts
 
     monkeypatch.setattr(ts, "measure_snapshot", lambda *a, **k: pytest.fail("re-measured a finished snapshot"))
     code, stdout2, stderr = run_cli(["timescales", spec, "--out", out, "--threads", "1"])

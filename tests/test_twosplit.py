@@ -1,4 +1,4 @@
-"""The two-split test (diffmem.twosplit): halves, measures, shared latents, a tiny end-to-end run,
+"""The two-split test (diffmem.studies.twosplit): halves, measures, shared latents, a tiny end-to-end run,
 resuming, and bad specs/flags."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import one_line
-from diffmem.twosplit import cosine, model_space, pair_measures, split_order
+from diffmem.studies.twosplit import cosine, model_space, pair_measures, split_order
 
 TINY_SPEC = """
 name = "tiny"

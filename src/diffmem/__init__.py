@@ -19,9 +19,7 @@ every sampler and metric works on both.
 Names are imported on first use, so ``import diffmem`` stays light.
 """
 
-from __future__ import annotations
-
-import importlib
+from importlib import import_module as _import_module
 
 __version__ = "0.1.0"
 
@@ -56,39 +54,39 @@ _EXPORTS = {
     "TrainConfig": "diffmem.config", "RunPlan": "diffmem.config", "plan_run": "diffmem.config",
     "train": "diffmem.training", "dry_run": "diffmem.training", "TrainingDiverged": "diffmem.training",
     # EMM, sweeps, reports
-    "DataSpec": "diffmem.data.spec", "make_dataset": "diffmem.data.spec", "emm": "diffmem.sweep",
-    "estimate_emm": "diffmem.emm", "SizePoint": "diffmem.emm", "EMMSettings": "diffmem.specs",
-    "parse_spec": "diffmem.specs", "run_sweep": "diffmem.sweep", "make_report": "diffmem.report",
-    "run_demo": "diffmem.demo",
+    "DataSpec": "diffmem.data.spec", "make_dataset": "diffmem.data.spec", "emm": "diffmem.studies.sweep",
+    "estimate_emm": "diffmem.studies.emm", "SizePoint": "diffmem.studies.emm", "EMMSettings": "diffmem.studies.specs",
+    "parse_spec": "diffmem.studies.specs", "run_sweep": "diffmem.studies.sweep", "make_report": "diffmem.studies.report",
+    "run_demo": "diffmem.studies.demo", "StudyResult": "diffmem.studies.result", "Engine": "diffmem.studies.engines",
     # intra-class diversity: DataSpec(blend="SOURCE:α", blend_class=K)
     "blend_images": "diffmem.data.blend", "parse_blend": "diffmem.data.blend",
     "replaced_positions": "diffmem.data.blend", "blend_counts": "diffmem.data.spec",
     # point clouds, the memorized fraction on points, regularized optima (seed 002)
     "PointCloud": "diffmem.data.points", "make_points": "diffmem.data.points", "load_data": "diffmem.data.points",
     "save_points": "diffmem.data.points", "proximity": "diffmem.metrics.proximity",
-    "ProximityResult": "diffmem.metrics.proximity", "run_regularization": "diffmem.regularization",
-    "RegularizationSettings": "diffmem.regularization",
+    "ProximityResult": "diffmem.metrics.proximity", "run_regularization": "diffmem.studies.regularization",
+    "RegularizationSettings": "diffmem.studies.regularization",
     # the random-features model of seed 003
     "RandomFeatureScore": "diffmem.denoisers.random_features", "dsm_loss": "diffmem.denoisers.random_features",
-    "RFSettings": "diffmem.rf_study", "parse_rf_spec": "diffmem.rf_study", "run_rf_study": "diffmem.rf_study",
-    "onset_time": "diffmem.rf_study",
+    "RFSettings": "diffmem.studies.rf", "parse_rf_spec": "diffmem.studies.rf", "run_rf_study": "diffmem.studies.rf",
+    "onset_time": "diffmem.studies.rf",
     # sample quality (FD in an offline feature space, held-out loss gap)
     "load_features": "diffmem.metrics.features", "parse_features": "diffmem.metrics.features",
     "FeatureExtractor": "diffmem.metrics.features", "frechet_distance": "diffmem.metrics.quality",
     "gaussian_frechet": "diffmem.metrics.quality", "sample_quality": "diffmem.metrics.quality",
     "loss_gap": "diffmem.metrics.quality", "heldout_set": "diffmem.data.spec",
     # audit
-    "audit": "diffmem.audit", "AuditResult": "diffmem.audit", "open_streamed": "diffmem.data.stream",
+    "audit": "diffmem.auditing.audit", "AuditResult": "diffmem.auditing.audit", "open_streamed": "diffmem.data.stream",
     "StreamedSet": "diffmem.data.stream",
     # timescales and the guard (seed 003)
-    "run_timescales": "diffmem.timescales", "TimescaleSettings": "diffmem.timescales", "tau_gen": "diffmem.timescales",
-    "tau_mem": "diffmem.timescales", "fit_proportional": "diffmem.timescales", "select_snapshot": "diffmem.guard",
-    "Selection": "diffmem.guard",
+    "run_timescales": "diffmem.studies.timescales", "TimescaleSettings": "diffmem.studies.timescales", "tau_gen": "diffmem.studies.timescales",
+    "tau_mem": "diffmem.studies.timescales", "fit_proportional": "diffmem.studies.timescales", "select_snapshot": "diffmem.studies.guard",
+    "Selection": "diffmem.studies.guard",
     # the two-split test (Kadkhodaie et al. 2024)
-    "run_twosplit": "diffmem.twosplit", "plan_from_spec": "diffmem.twosplit", "TwoSplitSettings": "diffmem.twosplit",
-    "split_order": "diffmem.twosplit", "pair_measures": "diffmem.twosplit",
+    "run_twosplit": "diffmem.studies.twosplit", "plan_from_spec": "diffmem.studies.twosplit", "TwoSplitSettings": "diffmem.studies.twosplit",
+    "split_order": "diffmem.studies.twosplit", "pair_measures": "diffmem.studies.twosplit",
     # any model as a denoiser (diffusers, TorchScript) and membership inference
-    "load_denoiser": "diffmem.denoisers.adapters", "load_diffusers": "diffmem.denoisers.adapters",
+    "load_denoiser": "diffmem.runs", "load_diffusers": "diffmem.denoisers.adapters",
     "load_torchscript": "diffmem.denoisers.adapters", "save_torchscript": "diffmem.denoisers.adapters",
     "DiffusersDenoiser": "diffmem.denoisers.adapters", "TorchScriptDenoiser": "diffmem.denoisers.adapters",
     "per_image_loss": "diffmem.losses", "membership": "diffmem.metrics.membership",
@@ -101,11 +99,12 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(_import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'diffmem' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public API only: no helper module or submodule that happens to be loaded."""
+    return sorted(__all__)

@@ -35,8 +35,6 @@ MAX_CLASSES = 2**20  # class indices beyond this would make the label embedding 
 
 # Fields that may differ between a run and its resume: they do not change the numbers it computes.
 RUNTIME_FIELDS = ("device", "compile", "channels_last", "log_every")
-NETWORK_FIELDS = ("arch", "preset", "channels", "channel_mult", "blocks", "attn", "embed", "skips", "dropout",
-                  "hidden", "depth")
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class TrainConfig:
     snapshots: str = ""  # EMA snapshot epochs, e.g. "10,50,log:8" (the final one always)
     track_every: int = 0  # measure the memorization ratio every K epochs (0 = never)
     track_samples: int = 1000  # samples per measurement
-    guard: float | None = None  # stop once the tracked ratio exceeds this (diffmem.guard; needs track_every)
+    guard: float | None = None  # stop once the tracked ratio exceeds this (diffmem.studies.guard; needs track_every)
     checkpoint_every: int = 500  # save state.pt every K steps
     log_every: int = 100  # append to stats.jsonl (and check for NaN/Inf) every K steps
     # Runtime: may change on resume without changing the result.

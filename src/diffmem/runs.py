@@ -1,4 +1,5 @@
-"""The run folder: everything a training run writes, and loading a trained denoiser back.
+"""The run folder: everything a training run writes, and loading a trained denoiser back
+(:func:`load_run`; :func:`load_denoiser` opens a run folder or any other model).
 
     RUN/config.json                      the run's record: TrainConfig fields + RunPlan fields + data
     RUN/stats.jsonl                      one line every log_every steps (loss, lr, EMA β, speed)
@@ -25,12 +26,13 @@ from safetensors.torch import save_file
 
 from diffmem.atomic import atomic_path, write_json, write_text
 from diffmem.config import TrainConfig
+from diffmem.denoisers.adapters import check_denoiser, is_run, load_diffusers, load_torchscript
 from diffmem.errors import InputError
 
 SNAPSHOT_FORMAT = "diffmem-snapshot/1"
 CONFIG_FILE, STATE_FILE, SUMMARY_FILE = "config.json", "state.pt", "summary.json"
 STATS_FILE, TRACK_FILE = "stats.jsonl", "memorization.jsonl"
-GUARD_FILE = "guard.json"  # why and when the memorization guard stopped the run (diffmem.guard)
+GUARD_FILE = "guard.json"  # why and when the memorization guard stopped the run (diffmem.studies.guard)
 _SNAPSHOT_RE = re.compile(r"^snapshot-epoch(\d+)\.safetensors$")
 
 
@@ -240,3 +242,24 @@ def load_run(path, *, device="cpu", param: str = "network") -> LoadedRun:
     D = D.to(device).eval().requires_grad_(False)
     check_denoiser(D, path, param, device)  # finite output of the right shape, or refused now
     return LoadedRun(D, config, record, meta["epoch"], meta["step"], path)
+
+
+def load_denoiser(path, *, device="cpu", allow_pickle: bool = False, timestep: str = "interpolate",
+                  param: str = "model"):
+    """Any model as a :class:`~diffmem.denoisers.protocol.Denoiser`: a diffmem run folder or snapshot
+    (:func:`load_run`), a diffusers folder (:func:`~diffmem.denoisers.adapters.load_diffusers`) or a
+    TorchScript file (:func:`~diffmem.denoisers.adapters.load_torchscript`). Checked on one test
+    input; anything else is an InputError naming ``param``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such model folder or file", param=param)
+    if is_run(path):
+        D = load_run(path, device=device, param=param).denoiser
+    elif path.is_dir():
+        if not ((path / "config.json").is_file() or (path / "model_index.json").is_file()):
+            raise InputError(f"{path}: model folder without config.json (neither a diffmem run nor a diffusers "
+                             f"model)", param=param)
+        D = load_diffusers(path, device=device, allow_pickle=allow_pickle, timestep=timestep, param=param)
+    else:
+        D = load_torchscript(path, device=device, param=param)
+    return check_denoiser(D, path, param, device)

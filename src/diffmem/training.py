@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from diffmem.atomic import prepare_output, remove_stale_temporaries
-from diffmem.config import TrainConfig, plan_run
+from diffmem.config import RunPlan, TrainConfig, plan_run
 from diffmem.data.imageset import ImageSet
 from diffmem.data.points import PointCloud
 from diffmem.denoisers.build import build_denoiser, precond_options
@@ -48,8 +48,7 @@ from diffmem.runs import (CONFIG_FILE, STATE_FILE, STATS_FILE, TRACK_FILE, appen
                           read_stop, save_snapshot, save_state, snapshot_name, truncate_jsonl, write_record,
                           write_summary)
 from diffmem.schedules import ema_beta, global_batch_indices, learning_rate, update_ema
-from diffmem.guard import guard_check
-from diffmem.tracking import track_memorization
+from diffmem.tracking import guard_check, track_memorization
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,7 +60,8 @@ class _Loop:
     """Everything the loop reads and updates (one object instead of closures over locals)."""
 
     config: TrainConfig
-    record: dict  # config.json: the config, the plan and the data
+    plan: RunPlan  # what the config means on this data: steps, lr, EMA warm-up, snapshot epochs...
+    record: dict  # config.json as written (config, plan and data): the run folder's record, not read here
     out: Path
     data: ImageSet
     rank: int
@@ -125,7 +125,7 @@ def dry_run(config: TrainConfig, data, out=None) -> dict:
     computed without training or writing anything."""
     data = _load_data(data)
     _, world_size, _ = _dist_env()
-    record, _ = _record_and_model(config, data, out, world_size)
+    _, record, _ = _record_and_model(config, data, out, world_size)
     return record
 
 
@@ -156,7 +156,8 @@ def _load_data(data) -> ImageSet | PointCloud:
         raise InputError(err.detail, param="data") from None
 
 
-def _record_and_model(config: TrainConfig, data: ImageSet, out, world_size: int) -> tuple[dict, torch.nn.Module]:
+def _record_and_model(config: TrainConfig, data: ImageSet, out,
+                      world_size: int) -> tuple[RunPlan, dict, torch.nn.Module]:
     """Plan the run, build its network once (initial weights seeded by (seed, INIT)), count it."""
     plan = plan_run(config, data, world_size=world_size)
     torch.manual_seed(derive_seed(config.seed, INIT))
@@ -166,10 +167,10 @@ def _record_and_model(config: TrainConfig, data: ImageSet, out, world_size: int)
     source = str(Path(data.source).resolve()) if Path(data.source).exists() else data.source
     record = {**config.to_dict(), **dataclasses.asdict(plan), "data": source,
               "out": None if out is None else str(Path(out).resolve())}
-    return record, model
+    return plan, record, model
 
 
-def _check_out(config: TrainConfig, record: dict, out: Path, resume: bool) -> bool:
+def _check_out(config: TrainConfig, plan: RunPlan, record: dict, out: Path, resume: bool) -> bool:
     """Validate the run folder for a new run or a resume; return whether a state.pt is there."""
     if not resume:
         if out.is_dir() and any(out.iterdir()):
@@ -189,9 +190,9 @@ def _check_out(config: TrainConfig, record: dict, out: Path, resume: bool) -> bo
         key = changed[0]
         raise InputError(f"{getattr(config, key)!r} differs from {getattr(stored_config, key)!r} in {out / CONFIG_FILE}; "
                          "a resumed run keeps its config", param=key)
-    if stored.get("data_sha256") != record["data_sha256"]:
+    if stored.get("data_sha256") != plan.data_sha256:
         raise InputError(f"{record['data']}: not the images this run trained on (content hash "
-                         f"{record['data_sha256'][:12]}… vs {str(stored.get('data_sha256'))[:12]}… in "
+                         f"{plan.data_sha256[:12]}… vs {str(stored.get('data_sha256'))[:12]}… in "
                          f"{out / CONFIG_FILE}); a resumed run keeps its data", param="data")
     return (out / STATE_FILE).exists()
 
@@ -210,8 +211,8 @@ def _set_up(config: TrainConfig, data, out: Path, resume: bool) -> tuple[_Loop, 
     rank, world_size, local_rank = _dist_env()
     device = _resolve_device(config, local_rank)
     data = _load_data(data)
-    record, model = _record_and_model(config, data, out, world_size)
-    has_state = _check_out(config, record, out, resume)
+    plan, record, model = _record_and_model(config, data, out, world_size)
+    has_state = _check_out(config, plan, record, out, resume)
     started_dist = world_size > 1 and not torch.distributed.is_initialized()
     if started_dist:
         if device.type == "cuda":
@@ -223,16 +224,16 @@ def _set_up(config: TrainConfig, data, out: Path, resume: bool) -> tuple[_Loop, 
 
     memory_format = torch.channels_last if config.channels_last and len(data.shape) == 3 else torch.preserve_format
     images = torch.from_numpy(data.to_model()).to(device).contiguous(memory_format=memory_format)
-    labels = torch.from_numpy(data.labels).to(device) if record["num_classes"] else None
+    labels = torch.from_numpy(data.labels).to(device) if plan.num_classes else None
     model = model.to(device, memory_format=memory_format).train().requires_grad_(True)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = _make_optimizer(config, record["lr_effective"], model.parameters())
+    optimizer = _make_optimizer(config, plan.lr_effective, model.parameters())
     forward = model
     if world_size > 1:
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         forward = torch.compile(forward)
-    loop = _Loop(config, record, out, data, rank, world_size, device, images, labels, model, ema, optimizer, forward,
+    loop = _Loop(config, plan, record, out, data, rank, world_size, device, images, labels, model, ema, optimizer, forward,
                  LOSSES[config.precond](**precond_options(config)), loss_acc=torch.zeros((), device=device, dtype=torch.float64))
     if has_state:
         _load_state(loop)
@@ -287,7 +288,7 @@ def _open_run_folder(loop: _Loop, resume: bool) -> None:
 
 
 def _run(loop: _Loop, progress: bool, log) -> None:
-    total = loop.record["total_steps"]
+    total = loop.plan.total_steps
     bar = None
     if progress and loop.rank == 0:
         from tqdm.auto import tqdm
@@ -307,11 +308,11 @@ def _run(loop: _Loop, progress: bool, log) -> None:
 
 def _step(loop: _Loop) -> None:
     """One optimizer step on this process's slice of the global batch, then the EMA update."""
-    config, record, step = loop.config, loop.record, loop.step
+    config, plan, step = loop.config, loop.plan, loop.step
     B, seed = config.batch, config.seed
     b = B // loop.world_size
     # The global batch, its noise levels and noise: pure functions of (seed, step).
-    idx = global_batch_indices(seed, step, B, record["num_images"])
+    idx = global_batch_indices(seed, step, B, plan.num_images)
     sigma, noise = loop.loss_fn.draw((B, *loop.images.shape[1:]), generator(derive_seed(seed, NOISE, step), loop.device),
                                 loop.device)
     mine = slice(loop.rank * b, (loop.rank + 1) * b)
@@ -327,12 +328,12 @@ def _step(loop: _Loop) -> None:
     (loss_sum / b).backward()  # DDP averages over processes: the mean over the global batch
 
     nimg = step * B
-    loop.lr = learning_rate(nimg, record["lr_effective"], record["lr_warmup_images"])
+    loop.lr = learning_rate(nimg, plan.lr_effective, plan.lr_warmup_images)
     for group in loop.optimizer.param_groups:
         group["lr"] = loop.lr
     loop.optimizer.step()
-    loop.beta = ema_beta(nimg, B, record["ema_halflife_images"], record["ema_ramp"], rate=config.ema_rate,
-                         warmup_images=record["ema_warmup_images"])
+    loop.beta = ema_beta(nimg, B, plan.ema_halflife_images, plan.ema_ramp, rate=config.ema_rate,
+                         warmup_images=plan.ema_warmup_images)
     update_ema(loop.ema, loop.model, loop.beta)
 
     mean_loss = loss_sum.detach().double() / b
@@ -350,13 +351,13 @@ def _crossed(multiples_of_images: list[int], before: int, after: int) -> bool:
 
 def _maintain(loop: _Loop, before: int, log) -> None:
     """After a step: the stats line, snapshot, memorization measurement and state that fall due."""
-    config, record = loop.config, loop.record
-    n, nimg = record["num_images"], loop.step * config.batch
-    done = loop.step == record["total_steps"]
+    config, plan = loop.config, loop.plan
+    n, nimg = plan.num_images, loop.step * config.batch
+    done = loop.step == plan.total_steps
     epoch = nimg // n
     every = config.track_every * n  # images between measurements (0: never)
     due_log = loop.step % config.log_every == 0 or done
-    due_snapshot = _crossed([e * n for e in record["snapshot_epochs"]], before, nimg) or done
+    due_snapshot = _crossed([e * n for e in plan.snapshot_epochs], before, nimg) or done
     due_track = bool(every) and (nimg // every > before // every or done)
     due_snapshot = due_snapshot or (due_track and config.guard is not None)  # the guard keeps every measured net
     due_state = loop.step % config.checkpoint_every == 0 or done
@@ -366,16 +367,18 @@ def _maintain(loop: _Loop, before: int, log) -> None:
     if due_log:
         _log_stats(loop, done)
     if due_snapshot and loop.rank == 0:
-        save_snapshot(loop.out / snapshot_name(epoch), loop.ema.net, record=record, step=loop.step, epoch=epoch)
+        save_snapshot(loop.out / snapshot_name(epoch), loop.ema.net, record=loop.record, step=loop.step, epoch=epoch)
     if due_track:
         result = None
         if loop.rank == 0:
-            result = track_memorization(loop.ema, loop.data, record, loop.device)
+            result = track_memorization(loop.ema, loop.data, loop.record, loop.device)
             append_jsonl(loop.out / TRACK_FILE, dict(epoch=epoch, step=loop.step, **result))
             if log is not None:
                 log(f"epoch {epoch} step {loop.step}: memorization ratio {result['ratio']:.3f}")
         _barrier(loop.world_size)
-        loop.stopped = guard_check(loop, result)  # None unless the guard tripped: then save the state and stop
+        # None unless the guard tripped: then save the state and stop
+        loop.stopped = guard_check(config.guard, result, step=loop.step, epoch=epoch, out=loop.out, rank=loop.rank,
+                                   world_size=loop.world_size, device=loop.device)
     if due_state or loop.stopped is not None:
         _save_state(loop)
 
@@ -396,7 +399,7 @@ def _log_stats(loop: _Loop, done: bool) -> None:
     nimg = loop.step * loop.config.batch
     if loop.rank == 0:
         append_jsonl(loop.out / STATS_FILE, dict(
-            step=loop.step, epoch=nimg / loop.record["num_images"], nimg=nimg,
+            step=loop.step, epoch=nimg / loop.plan.num_images, nimg=nimg,
             loss=float(loop.loss_acc) / loop.steps_acc / pixels, lr=loop.lr, ema_beta=loop.beta,
             images_per_s=(loop.step - tick_step) * loop.config.batch / max(now - tick_time, 1e-9), time=now))
     loop.loss_acc.zero_()

@@ -1,5 +1,5 @@
 """``diffmem audit MODEL-or-SAMPLES --train T``: every memorization criterion the inputs allow, one
-report, one verdict line (:func:`diffmem.audit.audit`).
+report, one verdict line (:func:`diffmem.auditing.audit.audit`).
 
 Exit status, so the command fits a CI gate: 0 when the audit passes (or no ``--fail-above`` was
 given), 1 when the ``--gate`` criterion's flagged fraction is above ``--fail-above``, 2 for bad input
@@ -66,7 +66,7 @@ def audit_cmd(model_or_samples, train_path, heldout, features, source, num, step
               tiles, membership_method, memory_limit, device, seed, allow_pickle, out_dir, as_json, progress):
     """Audit a model (sampled --num times) or a set of samples against --train; print one verdict
     line. Exit 0: pass; 1: the --gate criterion's flagged fraction is above --fail-above; 2: bad input."""
-    from diffmem.audit import audit
+    from diffmem.auditing.audit import audit
 
     bound_malloc()  # the command owns its process: make --memory-limit hold for resident memory too
     threshold = parse_fraction(threshold, "threshold")

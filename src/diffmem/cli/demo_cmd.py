@@ -1,4 +1,4 @@
-"""``diffmem demo``: the README's main job (:func:`diffmem.demo.run_demo`)."""
+"""``diffmem demo``: the README's main job (:func:`diffmem.studies.demo.run_demo`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from diffmem.atomic import prepare_output
-from diffmem.demo import DEMO_SIZES
+from diffmem.studies.demo import DEMO_SIZES
 
 
 def _free_folder(base: str) -> Path:
@@ -30,7 +30,7 @@ def _free_folder(base: str) -> Path:
 def demo_cmd(out_dir, sizes, epochs, num, workers, seed):
     """EMM demo on built-in digits: the optimum copies at every |D|, a trained DDPM++ only below its EMM
     (about 3 minutes on 2 cores)."""
-    from diffmem.demo import run_demo
+    from diffmem.studies.demo import run_demo
     from diffmem.denoisers.networks import parse_int_tuple
     from diffmem.errors import check_number
     from diffmem.rng import check_seed

@@ -47,7 +47,7 @@ def membership_cmd(model_path, train_path, heldout_path, method, sigma, seed, ba
                    out_dir, as_json):
     """Membership inference: AUC and TPR at 1 % FPR of telling --train from --heldout images by the
     model's per-image denoising loss (or SecMI t-error); lower = more likely a training image."""
-    from diffmem.denoisers.adapters import load_denoiser
+    from diffmem.runs import load_denoiser
 
     sigmas = parse_sigmas(sigma, method)
     seed = check_seed(seed)

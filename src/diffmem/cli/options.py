@@ -11,6 +11,8 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
+import click
+
 from diffmem.atomic import prepare_output
 from diffmem.errors import InputError
 
@@ -67,3 +69,45 @@ def fresh_output_dir(path: str | Path, names, param: str = "out") -> Path:
     A thin call of :func:`diffmem.atomic.prepare_output` (``kind="folder"``).
     """
     return prepare_output(path, kind="folder", names=tuple(names), param=_param(param))
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine options: one list for every study command (sweep, emm, timescales, two-split,
+# random-features, regularization), so each runs locally or on Ray alike.
+
+#: ``--out`` of the study commands whose output folder defaults to the spec's name.
+OUT_OPTION = click.option("--out", default=None, help="Output folder [a folder named after the spec, here].")
+
+ENGINE_OPTIONS = [
+    click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="local: worker processes here; ray: Ray tasks (pip install 'diffmem[ray]')."),
+    click.option("--workers", type=int, default=1, show_default=True, help="Jobs (training runs, cells) at a time."),
+    click.option("--threads", type=int, default=None, help="Threads per job [cores / workers]."),
+    click.option("--address", default=None, help="Ray: address of an existing cluster (default: a local instance); "
+                                                 "--out must then be storage every node sees."),
+    click.option("--gpus", type=float, default=0.0, show_default=True, help="Ray: GPUs requested per job."),
+    click.option("--ray-logs", is_flag=True, default=False, help="Ray: show Ray's own log lines in the terminal."),
+    click.option("--progress/--no-progress", default=None,
+                 help="A line on stderr as each job (run, EMM size, snapshot) finishes, with an ETA [on unless $CI is set]."),
+]
+
+
+def engine_options(fn):
+    """Decorate a study command with :data:`ENGINE_OPTIONS`."""
+    for option in reversed(ENGINE_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def study_arguments(engine, workers, threads, address, gpus, ray_logs, progress) -> dict:
+    """The keywords of every study's ``run(spec, out, *, engine, workers, threads, log, progress)``
+    from the engine options, checked (errors name the parameter)."""
+    import sys
+
+    from diffmem.progress import progress_enabled
+    from diffmem.studies.engines import Engine, check_pool
+
+    workers, threads = check_pool(workers, threads)
+    return dict(engine=Engine(engine, address=address, gpus=gpus, ray_logs=ray_logs), workers=workers,
+                threads=threads, progress=progress_enabled(progress),
+                log=lambda line: click.echo(line, err=True))

@@ -1,23 +1,20 @@
 """``diffmem regularization SPEC``: the memorized fraction of regularized optima (Tikhonov c, EB
-floor τ) over a spec's strengths (:mod:`diffmem.regularization`); re-running skips finished cells."""
+floor τ) over a spec's strengths (:mod:`diffmem.studies.regularization`); re-running skips finished cells."""
 
 from __future__ import annotations
 
 import click
 
-from diffmem.cli.options import resolve_device
+from diffmem.cli.options import OUT_OPTION, engine_options, resolve_device, study_arguments
 
 
 @click.command("regularization")
 @click.argument("spec")
-@click.option("--out", default=None, help="Output folder [a folder named after the spec, here].")
+@OUT_OPTION
+@engine_options
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-def regularization_cmd(spec, out, device):
+def regularization_cmd(spec, out, device, **engine):
     """Sample the optimum regularized by each c / τ of SPEC (mode = "regularization"); write OUT/results.csv."""
-    from diffmem.regularization import run_regularization
-    from diffmem.specs import parse_spec
+    from diffmem.studies.regularization import run
 
-    parsed = parse_spec(spec)
-    rows = run_regularization(parsed, out, device=resolve_device(device),
-                              log=lambda line: click.echo(line, err=True))
-    click.echo(f"{len(rows)} strengths measured; table in {out or parsed.name}/results.csv")
+    click.echo(run(spec, out, device=resolve_device(device), **study_arguments(**engine)).summary())

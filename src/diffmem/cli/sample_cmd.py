@@ -76,7 +76,8 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
     else:
         if regularize:
             raise InputError("only applies to --optimal", param="regularize")
-        from diffmem.denoisers.adapters import is_run, load_denoiser
+        from diffmem.denoisers.adapters import is_run
+        from diffmem.runs import load_denoiser
         from diffmem.runs import load_run
 
         if is_run(network) or not Path(network).exists():

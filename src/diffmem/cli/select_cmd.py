@@ -1,5 +1,5 @@
 """``diffmem select RUN --max-memorization F``: the snapshot with the best quality among those that
-memorize at most F (:func:`diffmem.guard.select_snapshot`), as one line to act on."""
+memorize at most F (:func:`diffmem.studies.guard.select_snapshot`), as one line to act on."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the selection as one JSON object.")
 def select_cmd(run, max_memorization, features, source, samples, heldout, num_heldout, train_set, as_json):
     """Pick RUN's snapshot with the lowest FD among those with f_mem <= F (exit 1 when none qualifies)."""
-    from diffmem.guard import select_snapshot
+    from diffmem.studies.guard import select_snapshot
 
     selection = select_snapshot(run, max_memorization, heldout=heldout, train=train_set, features=features,
                                 samples=samples, num_heldout=num_heldout, source=source,

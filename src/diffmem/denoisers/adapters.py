@@ -1,6 +1,6 @@
 """Adapters: models people already have, as diffmem denoisers ``D(x, sigma, labels) -> x̂``.
 
-Two kinds of file, plus diffmem's own run folders, all opened by :func:`load_denoiser`:
+Two kinds of file, plus diffmem's own run folders, all opened by :func:`diffmem.runs.load_denoiser`:
 
 **A diffusers ``UNet2DModel`` folder** (:func:`load_diffusers`), saved with ``save_pretrained``
 (``config.json`` + ``diffusion_pytorch_model.safetensors``) next to its scheduler's

@@ -39,6 +39,10 @@ from diffmem.denoisers.mlp import MLPNet
 from diffmem.denoisers.unet import SongUNet, num_skips
 from diffmem.errors import InputError
 
+# The TrainConfig fields that describe the network (diffmem.denoisers.build reads them).
+NETWORK_FIELDS = ("arch", "preset", "channels", "channel_mult", "blocks", "attn", "embed", "skips", "dropout",
+                  "hidden", "depth")
+
 ARCHS = ("ddpmpp", "ncsnpp", "mlp")
 
 _UNET_KNOBS = ("channels", "channel_mult", "blocks", "attn", "dropout", "embed", "skips")

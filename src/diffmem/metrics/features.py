@@ -379,3 +379,34 @@ def check_extractor(extractor: FeatureExtractor, reference) -> FeatureExtractor:
         raise InputError(f"{name}: returns the same features for {distinct_images} different images (a constant "
                          "extractor would call every sample a copy)", param="features")
     return extractor
+
+
+def checked_embedding(extractor, images, *, what: str = "", batch: int = 256, k: int | None = None,
+                      progress: bool = False, dtype=np.float32) -> np.ndarray:
+    """(N, k) features of ``images`` by ``extractor`` as ``dtype``, checked: 2-D, one non-empty row per
+    image (``k`` columns when given), numeric and finite. Any failure of the extractor itself (a
+    user's TorchScript file may fail any way) is one InputError naming ``features``."""
+    name = getattr(extractor, "name", "the feature extractor")
+    try:
+        out = extractor.embed(images, batch=batch, progress=progress)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- one line naming the extractor
+        raise InputError(f"{name}: the feature extractor failed ({type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no message'})",
+                         param="features") from None
+    out = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out)
+    images_of = f"{len(images)} {what + ' ' if what else ''}images"
+    if out.ndim != 2 or len(out) != len(images) or (k is not None and out.shape[1] != k) or out.shape[1] == 0:
+        raise InputError(f"{name}: returned features of shape {tuple(out.shape)} for {images_of}; expected "
+                         f"({len(images)}, {k if k is not None else 'k'})", param="features")
+    if not np.issubdtype(out.dtype, np.number) or not np.isfinite(out).all():
+        raise InputError(f"{name}: returned NaN, Inf or non-numeric features for {images_of}", param="features")
+    return out.astype(dtype, copy=False)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, in ``x``'s dtype (zero rows stay zero): on unit rows the cosine
+    similarity is ``1 - ‖u - v‖² / 2``, so cosine top-k = L2 top-k."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)

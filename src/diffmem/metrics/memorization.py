@@ -66,10 +66,8 @@ class MemorizationResult:
 
     @property
     def nn_ratio(self) -> np.ndarray:
-        """(M,) d1 / d2 per sample (0 for an exact copy, also when d2 = 0)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = self.d1 / self.d2
-        return np.where(self.d1 == 0, 0.0, r)
+        """(M,) d1 / d2 per sample (:func:`nn_ratio`)."""
+        return nn_ratio(self.d1, self.d2)
 
     def per_sample(self) -> dict:
         """(M,) arrays for a per-sample CSV/npz: d1, d2, idx1, idx2, memorized, nn_ratio."""
@@ -94,6 +92,14 @@ class MemorizationResult:
             "median_nn_ratio": float(np.median(self.nn_ratio)),
             **self.extra,
         }
+
+
+def nn_ratio(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    """(M,) ``d1 / d2``, the nearest-neighbour ratio; 0 for an exact copy (``d1 = 0``), also when
+    ``d2 = 0`` (the module docstring's convention). The one place that ratio is computed."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.asarray(d1) / np.asarray(d2)
+    return np.where(np.asarray(d1) == 0, 0.0, r)
 
 
 def is_memorized(d1: np.ndarray, d2: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
@@ -293,27 +299,6 @@ class FeatureMemorizationResult(MemorizationResult):
         return line
 
 
-def _embeddings(extractor, images, name: str, batch: int, progress: bool) -> np.ndarray:
-    """(N, k) float64 features, checked: finite, one row per image, 2-D."""
-    emb = np.asarray(extractor.embed(images, batch=batch, progress=progress), dtype=np.float64)
-    if emb.ndim != 2 or len(emb) != len(images):
-        raise InputError(f"{extractor.name}: returned features of shape {emb.shape} for {len(images)} {name} "
-                         f"images; expected (N, k)", param="features")
-    if not np.isfinite(emb).all():
-        raise InputError(f"{extractor.name}: returned NaN or Inf features for {name} images", param="features")
-    return emb
-
-
-def _unit_rows(emb: np.ndarray, name: str, extractor) -> np.ndarray:
-    """Rows scaled to unit L2 norm (cosine top-k = L2 top-k on these); a zero row has no direction."""
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    if (norms == 0).any():
-        i = int(np.flatnonzero(norms[:, 0] == 0)[0])
-        raise InputError(f"{extractor.name}: the feature vector of {name} image {i} is zero (no cosine "
-                         f"similarity); use --metric l2", param="features")
-    return emb / norms
-
-
 def feature_memorization(
     train, generated, *, features="pixels", metric: str = "cosine", threshold: float = DEFAULT_THRESHOLD,
     similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD, source: str | None = None, batch: int = 256,
@@ -331,7 +316,7 @@ def feature_memorization(
     similarities for scale. ``train`` (N, C, H, W), N ≥ 2, and ``generated`` (M, C, H, W) as for
     :func:`memorization`.
     """
-    from diffmem.metrics.features import load_features
+    from diffmem.metrics.features import checked_embedding, load_features, unit_rows
 
     threshold = check_number("threshold", threshold, lo=0.0, lo_open=True, hi=1.0)
     similarity_threshold = check_number("similarity_threshold", similarity_threshold, lo=-1.0, hi=1.0)
@@ -340,27 +325,49 @@ def feature_memorization(
     seed = check_seed(seed)
     if metric not in METRICS:
         raise InputError(f"expected cosine or l2, got {metric!r}", param="metric")
-    t_pix, g_pix, _, _ = image_pair(train, generated, min_train=2, needs="the memorization ratio")
+    image_pair(train, generated, min_train=2, needs="the memorization ratio")
     extractor = load_features(features, reference=train, source=source, device=device or "cpu")
-    e_t = _embeddings(extractor, train, "training", batch, progress)
-    e_g = _embeddings(extractor, generated, "generated", batch, progress)
+    e_t = checked_embedding(extractor, train, what="training", batch=batch, progress=progress, dtype=np.float64)
+    e_g = checked_embedding(extractor, generated, what="generated", batch=batch, progress=progress, dtype=np.float64)
     if e_t.shape[1] != e_g.shape[1]:
         raise InputError(f"{extractor.name}: {e_t.shape[1]} features per training image but {e_g.shape[1]} "
                          f"per generated image", param="features")
     if metric == "cosine":
-        e_t, e_g = _unit_rows(e_t, "training", extractor), _unit_rows(e_g, "generated", extractor)
+        for emb, name in ((e_t, "training"), (e_g, "generated")):
+            zero = np.flatnonzero(np.linalg.norm(emb, axis=1) == 0)
+            if len(zero):
+                raise InputError(f"{extractor.name}: the feature vector of {name} image {int(zero[0])} is zero "
+                                 f"(no cosine similarity); use --metric l2", param="features")
+        e_t, e_g = unit_rows(e_t), unit_rows(e_g)
+    return embedded_memorization(e_t, e_g, metric=metric, threshold=threshold, features=extractor.name,
+                                 similarity_threshold=similarity_threshold, memory_limit=memory_limit, device=device,
+                                 bootstrap=bootstrap, seed=seed, progress=progress)
+
+
+def embedded_memorization(
+    e_t, e_g, *, metric: str = "l2", threshold: float = DEFAULT_THRESHOLD, features: str = "features",
+    similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD, memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    device: str | None = None, bootstrap: int = 1000, seed: int = 0, progress: bool = False, background: bool = True,
+) -> FeatureMemorizationResult:
+    """The feature-space measurement on embeddings already made: ``e_t`` (N, k) training and ``e_g``
+    (M, k) generated (unit rows for ``metric="cosine"``; ``e_t`` may be memory-mapped). The exact
+    top-2 search, the 1/3 rule, its bootstrap CI, the cosine similarity to the nearest (cosine) and,
+    with ``background``, the training images' own nearest-other quantiles. Used by
+    :func:`feature_memorization` and the audit's ``features`` and ``replication`` criteria."""
     nb = knn(e_g, e_t, k=2, memory_limit=memory_limit, device=device, progress=progress)
-    rows = np.arange(len(e_t)) if len(e_t) <= BACKGROUND_ROWS else \
-        np.sort(numpy_rng(seed, SUBSET).choice(len(e_t), BACKGROUND_ROWS, replace=False))
-    own = knn(e_t[rows], e_t, k=2, memory_limit=memory_limit, device=device).dist[:, 1]  # nearest *other*
     memorized = is_memorized(nb.dist[:, 0], nb.dist[:, 1], threshold)
     ci95, stderr = bootstrap_ci(memorized, bootstrap, seed) if bootstrap else (None, None)
     to_sim = (lambda d: 1.0 - d**2 / 2.0) if metric == "cosine" else (lambda d: d)  # cos = 1 - ‖u - v‖²/2
+    quantiles = {}
+    if background:
+        rows = np.arange(len(e_t)) if len(e_t) <= BACKGROUND_ROWS else \
+            np.sort(numpy_rng(seed, SUBSET).choice(len(e_t), BACKGROUND_ROWS, replace=False))
+        own = knn(e_t[rows], e_t, k=2, memory_limit=memory_limit, device=device).dist[:, 1]  # nearest *other*
+        quantiles = {f"q{q:g}": float(np.quantile(to_sim(own), q)) for q in BACKGROUND_QUANTILES}
     return FeatureMemorizationResult(
         d1=nb.dist[:, 0], d2=nb.dist[:, 1], idx1=nb.index[:, 0], idx2=nb.index[:, 1], memorized=memorized,
-        threshold=threshold, n_train=len(t_pix), ci95=ci95, stderr=stderr, bootstrap=bootstrap,
-        extra={"n_exact_rechecks": nb.n_fallback}, features=extractor.name, metric=metric, dim=e_t.shape[1],
+        threshold=threshold, n_train=len(e_t), ci95=ci95, stderr=stderr, bootstrap=bootstrap,
+        extra={"n_exact_rechecks": nb.n_fallback}, features=features, metric=metric, dim=e_t.shape[1],
         similarity=to_sim(nb.dist[:, 0]) if metric == "cosine" else None,
-        similarity_threshold=similarity_threshold,
-        background={f"q{q:g}": float(np.quantile(to_sim(own), q)) for q in BACKGROUND_QUANTILES},
+        similarity_threshold=similarity_threshold, background=quantiles,
     )
