@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 
 from conftest import one_line
 from diffmem.data import save_npz, write_dataset_zip
-from diffmem.denoisers.adapters import load_denoiser, save_torchscript
+from diffmem.denoisers.adapters import save_torchscript
+from diffmem.runs import load_denoiser
 from diffmem.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

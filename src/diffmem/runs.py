@@ -26,7 +26,8 @@ from safetensors.torch import save_file
 
 from diffmem.atomic import atomic_path, write_json, write_text
 from diffmem.config import TrainConfig
-from diffmem.denoisers.adapters import check_denoiser, is_run, load_diffusers, load_torchscript
+from diffmem.denoisers.adapters import is_run, load_diffusers, load_torchscript
+from diffmem.denoisers.probe import check_denoiser
 from diffmem.errors import InputError
 
 SNAPSHOT_FORMAT = "diffmem-snapshot/1"
@@ -227,8 +228,6 @@ def load_run(path, *, device="cpu", param: str = "network") -> LoadedRun:
         path = snaps[-1][1]
     elif not path.is_file():
         raise InputError(f"{path}: no such run folder or snapshot file", param=param)
-    from diffmem.denoisers.probe import check_denoiser
-
     tensors, meta = read_snapshot(path, param)
     record = meta["config"]
     config, shape = _network_of(record, path, param)
@@ -250,11 +249,23 @@ def load_denoiser(path, *, device="cpu", allow_pickle: bool = False, timestep: s
     (:func:`load_run`), a diffusers folder (:func:`~diffmem.denoisers.adapters.load_diffusers`) or a
     TorchScript file (:func:`~diffmem.denoisers.adapters.load_torchscript`). Checked on one test
     input; anything else is an InputError naming ``param``."""
+    import os
+
+    from diffmem.denoisers.adapters import TIMESTEP_MODES
+
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise InputError(f"expected a model folder or file path, got {path!r}", param=param)
+    if timestep not in TIMESTEP_MODES:
+        raise InputError(f"expected one of {', '.join(TIMESTEP_MODES)}, got {timestep!r}", param="timestep")
+    if not isinstance(allow_pickle, bool):
+        raise InputError(f"expected True or False, got {allow_pickle!r}", param="allow_pickle")
+    if not (isinstance(device, torch.device) or isinstance(device, str) and device.split(":")[0] in ("cpu", "cuda")):
+        raise InputError(f"expected cpu or cuda[:N], got {device!r}", param="device")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such model folder or file", param=param)
     if is_run(path):
-        D = load_run(path, device=device, param=param).denoiser
+        return load_run(path, device=device, param=param).denoiser  # checked by load_run
     elif path.is_dir():
         if not ((path / "config.json").is_file() or (path / "model_index.json").is_file()):
             raise InputError(f"{path}: model folder without config.json (neither a diffmem run nor a diffusers "

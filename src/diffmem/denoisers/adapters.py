@@ -309,34 +309,3 @@ def is_run(path) -> bool:
     cfg = path / "config.json"
     return cfg.is_file() and not (path / "model_index.json").is_file() and '"_class_name"' not in cfg.read_text(
         errors="replace")
-
-
-def load_denoiser(path, *, device="cpu", allow_pickle: bool = False, timestep: str = "interpolate",
-                  param: str = "model"):
-    """Any model as a :class:`~diffmem.denoisers.protocol.Denoiser`: a diffmem run folder or snapshot
-    (:func:`~diffmem.runs.load_run`), a diffusers folder (:func:`load_diffusers`) or a TorchScript
-    file (:func:`load_torchscript`). Checked on one test input; anything else is an InputError
-    naming ``param``."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise InputError(f"expected a model folder or file path, got {path!r}", param=param)
-    if timestep not in TIMESTEP_MODES:
-        raise InputError(f"expected one of {', '.join(TIMESTEP_MODES)}, got {timestep!r}", param="timestep")
-    if not isinstance(allow_pickle, bool):
-        raise InputError(f"expected True or False, got {allow_pickle!r}", param="allow_pickle")
-    if not (isinstance(device, torch.device) or isinstance(device, str) and device.split(":")[0] in ("cpu", "cuda")):
-        raise InputError(f"expected cpu or cuda[:N], got {device!r}", param="device")
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such model folder or file", param=param)
-    if is_run(path):
-        from diffmem.runs import load_run
-
-        return load_run(path, device=device, param=param).denoiser  # checked by load_run
-    elif path.is_dir():
-        if not ((path / "config.json").is_file() or (path / "model_index.json").is_file()):
-            raise InputError(f"{path}: model folder without config.json (neither a diffmem run nor a diffusers "
-                             f"model)", param=param)
-        D = load_diffusers(path, device=device, allow_pickle=allow_pickle, timestep=timestep, param=param)
-    else:
-        D = load_torchscript(path, device=device, param=param)
-    return check_denoiser(D, path, param, device)
