@@ -113,15 +113,22 @@ def test_tau_drops_sparse_cells(rng):
 def test_authenticity_hand_worked():
     # training grey levels 0, 10, 30: nearest other image 10, 10, 20
     train = np.array([0, 10, 30], np.uint8).reshape(3, 1, 1, 1)
-    gen = np.array([1, 55, 18, 60, 33], np.uint8).reshape(5, 1, 1, 1)
+    gen = np.array([1, 55, 18, 60, 33, 50], np.uint8).reshape(6, 1, 1, 1)
     r = authenticity(train, gen)
-    # 1 -> 0 (1 < 10: copy); 55 -> 30 (25 >= 20); 18 -> 10 (8 < 10); 60 -> 30 (30 >= 20); 33 -> 30 (3 < 20)
-    assert r.authentic.tolist() == [False, True, False, True, False]
-    assert r.idx.tolist() == [0, 2, 1, 2, 2]
-    np.testing.assert_allclose(r.d_train * 127.5, [10, 20, 10, 20, 20])
-    np.testing.assert_allclose(r.d_gen * 127.5, [1, 25, 8, 30, 3])
-    assert r.authenticity == pytest.approx(0.4)
-    assert "lower authenticity = more copying" in r.explain() and r.summary()["n_inauthentic"] == 3
+    # 1 -> 0 (1 <= 10: copy); 55 -> 30 (25 > 20); 18 -> 10 (8 <= 10); 60 -> 30 (30 > 20); 33 -> 30 (3 <= 20);
+    # 50 -> 30 (20 <= 20: the tie is a copy)
+    assert r.authentic.tolist() == [False, True, False, True, False, False]
+    assert r.idx.tolist() == [0, 2, 1, 2, 2, 2]
+    np.testing.assert_allclose(r.d_train * 127.5, [10, 20, 10, 20, 20, 20])
+    np.testing.assert_allclose(r.d_gen * 127.5, [1, 25, 8, 30, 3, 20])
+    assert r.authenticity == pytest.approx(2 / 6)
+    assert "lower authenticity = more copying" in r.explain() and r.summary()["n_inauthentic"] == 4
+
+
+def test_a_copy_of_a_duplicated_training_image_is_inauthentic():
+    train = np.array([0, 0, 90], np.uint8).reshape(3, 1, 1, 1)  # image 0 appears twice
+    r = authenticity(train, np.array([0, 200], np.uint8).reshape(2, 1, 1, 1))
+    assert r.d_gen[0] == r.d_train[0] == 0 and r.authentic.tolist() == [False, True]
 
 
 def test_authenticity_against_brute_force(rng):
@@ -133,7 +140,7 @@ def test_authenticity_against_brute_force(rng):
     np.fill_diagonal(dtt, np.inf)
     dgt = np.sqrt(((g[:, None] - t[None]) ** 2).sum(-1))
     nearest = dgt.argmin(1)
-    expect = dgt.min(1) >= dtt[nearest].min(1)
+    expect = dgt.min(1) > dtt[nearest].min(1)
     r = authenticity(train, gen)
     assert r.authentic.tolist() == expect.tolist() and not r.authentic[:4].any()
 

@@ -66,3 +66,32 @@ def test_weighted_loss_value(loss_fn, weight):
     np.testing.assert_allclose(loss.double().numpy(), expected, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(seen["sigma"], sigma.flatten(), rtol=0, atol=0)
     assert seen["labels"] == "L"
+
+
+@pytest.mark.parametrize("loss_cls", [EDMLoss, VPLoss])
+@pytest.mark.parametrize("c", [0.0, 0.05, 2.0])
+def test_tikhonov_loss_is_minimized_by_the_regularized_optimum(loss_cls, c):
+    """On seed 002's toy: at a fixed noisy point x and σ, the expected loss over the training points
+    (posterior weights w_i = softmax(-‖x - y_i‖²/2σ²), each with the noise n_i = (x - y_i)/σ that
+    leads to x) is Σ_i w_i·weighted(D; y_i, n_i). Its gradient in D vanishes at the closed-form
+    Tikhonov optimum D_c (OptimalDenoiser, item 2) and nowhere else (the loss is strictly convex)."""
+    from scipy.special import softmax
+
+    from diffmem.data.points import make_points
+    from diffmem.denoisers.optimal import OptimalDenoiser
+
+    y = torch.from_numpy(make_points("toy2d", 20).points.astype(np.float64))
+    loss_fn = loss_cls(tikhonov=c)
+    for x0, s in (([0.3, -0.2], 0.4), ([1.5, 1.0], 1.3), ([-0.7, 0.1], 0.08)):
+        x = torch.tensor([x0], dtype=torch.float64)
+        sigma = torch.full((len(y), 1), s, dtype=torch.float64)
+        w = torch.from_numpy(softmax(-((x - y) ** 2).sum(1).numpy() / (2 * s**2)))
+        d_c = OptimalDenoiser(y.numpy(), regularize=("tikhonov", c))(x, torch.tensor([s], dtype=torch.float64))
+        for shift in (0.0, 0.01):
+            out = (d_c + shift).clone().requires_grad_(True)
+            total = (w[:, None] * loss_fn.weighted(lambda xx, ss, ll: out.expand_as(xx), y, None, sigma, (x - y) / s)).sum()
+            (grad,) = torch.autograd.grad(total, out)
+            if shift == 0.0:
+                assert grad.abs().max() < 1e-9 * (1 + float(loss_fn.weight(torch.tensor(s))) * (1 + c / s**2))
+            else:
+                assert grad.abs().max() > 1e-4

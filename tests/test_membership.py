@@ -129,24 +129,56 @@ def test_the_optimum_recognises_its_own_training_set(digits):
 
 def test_t_error_of_a_linear_denoiser_equals_a_direct_ddim_loop():
     """D(x; σ) = x/(1 + σ²) (the optimum for N(0, I) data): every Euler step multiplies x by
-    1 + (σ' - σ)·(1 - 1/(1+σ²))/σ. SecMI's grid is DDPM's σ at t = 0, 10, …, 100 and 110."""
+    1 + (σ' - σ)·(1 - 1/(1+σ²))/σ. SecMI's grid is DDPM's σ at t = 0, 10, …, 90, then 100 and back."""
     alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
-    s_t = np.sqrt((1 - alpha_bar) / alpha_bar)[np.arange(0, 111, 10)]
+    s_t = np.sqrt((1 - alpha_bar) / alpha_bar)[np.arange(0, 101, 10)]
     assert DEFAULT_SIGMAS["secmi"][0] == pytest.approx(s_t[10], rel=1e-12)
 
     def step(s0, s1):
         return 1 + (s1 - s0) * (1 - 1 / (1 + s0**2)) / s0
 
     y = np.random.default_rng(5).uniform(-1, 1, (3, 1, 2, 2))
-    x_t = y * np.prod([step(a, b) for a, b in zip(s_t[:10], s_t[1:11])])
-    back = x_t * step(s_t[10], s_t[11]) * step(s_t[11], s_t[10])
+    x_t = y * np.sqrt(1 + s_t[0] ** 2) * np.prod([step(a, b) for a, b in zip(s_t[:9], s_t[1:10])])
+    back = x_t * step(s_t[9], s_t[10]) * step(s_t[10], s_t[9])
     expected = ((back - x_t) ** 2).reshape(3, -1).mean(1)
     got = t_error(lambda x, s, c: x / (1 + s.reshape(-1, 1, 1, 1) ** 2), y.astype(np.float32), s_t[10])
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def test_t_error_follows_secmis_released_procedure():
+    """The released code (jinhaoduan/SecMI, get_intermediate_results, t_sec = 100, timestep = 10) in
+    DDPM's x_t-space with an ε-model: ddim_multistep from t_c = 0 over range(0, 100, 10)[1:], then
+    ddim_singlestep 90 → 100 and 100 → 90, score Σ_pixels (x_sec - recon)². Ours is the same number
+    divided by ᾱ_90 · pixels. The denoiser is nonlinear, so a step taken at another t would show."""
+    alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+
+    def D(x, s):  # any smooth nonlinear denoiser in EDM's x = x_t/√ᾱ_t
+        return np.tanh(1.5 * x) / (1 + s**2) + 0.1 * np.sin(3 * x) * s
+
+    def eps_model(x_t, t):  # ε(x_t, t) of D: x_t = √ᾱ (y + σ n), ε = n
+        a = alpha_bar[t]
+        x, s = x_t / np.sqrt(a), np.sqrt((1 - a) / a)
+        return (x - D(x, s)) / s
+
+    def ddim(x_t, t_c, t_target):
+        eps = eps_model(x_t, t_c)
+        pred_x0 = (x_t - np.sqrt(1 - alpha_bar[t_c]) * eps) / np.sqrt(alpha_bar[t_c])
+        return np.sqrt(alpha_bar[t_target]) * pred_x0 + np.sqrt(1 - alpha_bar[t_target]) * eps
+
+    y = np.random.default_rng(6).uniform(-1, 1, (4, 1, 3, 3)).astype(np.float32).astype(np.float64)
+    target_steps = list(range(0, 100, 10))[1:]
+    x, t_c = y, 0
+    for t in target_steps:
+        x, t_c = ddim(x, t_c, t), t
+    recon = ddim(ddim(x, 90, 100), 100, 90)
+    expected = ((x - recon) ** 2).reshape(4, -1).sum(1)
+    got = t_error(lambda x, s, c: torch.from_numpy(D(x.numpy(), s.reshape(-1, 1, 1, 1).numpy())),
+                  y, DEFAULT_SIGMAS["secmi"][0], steps=10)
+    np.testing.assert_allclose(got * alpha_bar[90] * 9, expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs,needle", [({"method": "lira"}, "method"), ({"sigmas": []}, "sigmas"),
-                                           ({"method": "secmi", "sigmas": [150.0]}, "sigmas"),
+                                           ({"method": "secmi", "sigmas": [200.0]}, "sigmas"),
                                            ({"method": "secmi", "sigmas": [0.001]}, "sigmas")])
 def test_membership_refuses_bad_settings(kwargs, needle):
     from diffmem.errors import InputError

@@ -210,3 +210,22 @@ def test_data_cli_takes_a_points_file_as_source(tmp_path, run_cli):
     code, out, err = run_cli(["data", "--source", tmp_path / "p.npz", "--size", "5", "--out", tmp_path / "o.npz"])
     assert code == 0, err
     np.testing.assert_array_equal(read_points(tmp_path / "o.npz").points, read_points(tmp_path / "p.npz").points[:5])
+
+
+def test_tikhonov_reaches_the_training_loss(run_cli, tmp_path):
+    """--tikhonov C is stored in the run's config and adds (C/σ²)·(D - x)² to the loss it trains on:
+    the same seed with C = 0 and C = 5 logs different losses; a negative C is refused by flag."""
+    import json
+
+    pts = save_points(tmp_path / "toy.npz", make_points("toy2d", 8))
+    losses = []
+    for c in ("0", "5"):
+        code, _, err = run_cli(["train", "--data", pts, "--out", tmp_path / f"r{c}", "--preset", "mlp-toy",
+                                "--hidden", "8", "--precond", "edm", "--epochs", "2", "--batch", "8", "--log-every", "1",
+                                "--tikhonov", c])
+        assert code == 0, err
+        assert json.loads((tmp_path / f"r{c}" / "config.json").read_text())["tikhonov"] == float(c)
+        losses.append([json.loads(line)["loss"] for line in (tmp_path / f"r{c}" / "stats.jsonl").read_text().splitlines()])
+    assert losses[1][0] > losses[0][0]  # the first step: same network, same draws, plus the penalty
+    one_line(*run_cli(["train", "--data", pts, "--out", tmp_path / "bad", "--preset", "mlp-toy", "--epochs", "1",
+                       "--tikhonov", "-1"]), "--tikhonov")

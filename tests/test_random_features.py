@@ -13,7 +13,7 @@ import torch
 
 from conftest import one_line
 from diffmem.denoisers.random_features import (RandomFeatureScore, diffusion_coefficients, dsm_loss,
-                                               dsm_loss_and_gradient, score_error)
+                                               dsm_loss_and_gradient, feature_coefficients, score_error)
 from diffmem.errors import InputError
 from diffmem.studies.rf import RFSettings, eval_steps, fit_onsets, gd_step, onset_time, simulate, stability
 
@@ -221,6 +221,7 @@ def test_cli_end_to_end_and_refuses_to_overwrite(tmp_path, run_cli):
     ("[rf]\nd = 6\neval_draws = 0\n", "[rf] eval_draws"),
     ("[rf]\nd = 6\nonset_threshold = -1\n", "[rf] onset_threshold"),
     ("[rf]\nd = 6\ndtype = 'float16'\n", "[rf] dtype"),
+    ("[rf]\nd = 6\nnormalization = 'p'\n", "[rf] normalization"),
     ("[rf\nd = 6\n", "not valid TOML"),
 ])
 def test_bad_spec_is_one_line_naming_the_key(tmp_path, run_cli, text, needle):
@@ -242,3 +243,57 @@ def test_bad_flags(tmp_path, run_cli):
     unstable.write_text(SPEC.replace("dt = 1.0", "dt = 100.0").replace("time = 40.0", "time = 400.0"))
     one_line(*run_cli(["random-features", unstable, "--out", tmp_path / "o"]), "[rf] dt", "use dt <")
     assert not (tmp_path / "o").exists()
+
+
+def test_feature_coefficients_against_direct_integrals():
+    """μ₁ = E z tanh z, μ*² = E tanh² z - μ₁², and v_t² from g(u) = E_ξ tanh(a u + √Δ ξ) by
+    scipy's adaptive quadrature; at t → 0 the noise vanishes and v_t² → μ*²; the issue's numbers
+    (0.0039 at t = 0.3, 0.0006 at 0.6)."""
+    from scipy import integrate
+    from scipy.stats import norm
+
+    def expect(f):
+        return integrate.quad(lambda z: f(z) * norm.pdf(z), -12, 12, limit=200)[0]
+
+    for t in (0.3, 0.6):
+        a, delta = diffusion_coefficients(t)
+        g = lambda u: expect(lambda xi: np.tanh(a * u + math.sqrt(delta) * xi))  # noqa: E731
+        v2 = expect(lambda u: g(u) ** 2) - expect(g) ** 2 - expect(lambda u: u * g(u)) ** 2
+        got = feature_coefficients(t)
+        assert got["v_t2"] == pytest.approx(v2, rel=1e-6, abs=1e-9)
+        assert got["mu_1"] == pytest.approx(expect(lambda z: z * np.tanh(z)), rel=1e-9)
+        assert got["mu_star2"] == pytest.approx(expect(lambda z: np.tanh(z) ** 2) - got["mu_1"] ** 2, rel=1e-9)
+    assert round(feature_coefficients(0.3)["v_t2"], 4) == 0.0039 and round(feature_coefficients(0.6)["v_t2"], 4) == 0.0006
+    assert feature_coefficients(1e-6)["v_t2"] == pytest.approx(feature_coefficients(0.3)["mu_star2"], rel=1e-3)
+
+
+def test_authors_time_is_tau_d2_over_2p():
+    """The authors' model (no 1/√p) trained with plain GD at lr = dt·d²/(2p) follows our normalized
+    model trained at dt, step for step: same score function, so their steps × lr is τ·d²/(2p)."""
+    d, p, n, t, dt = 5, 14, 9, 0.4, 0.3
+    ours = RandomFeatureScore(d, p, generator=torch.Generator().manual_seed(2))
+    theirs = RandomFeatureScore(d, p, generator=torch.Generator().manual_seed(2), normalize=False)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    for _ in range(4):
+        eta = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        gd_step(ours, x, eta, t, dt)
+        gd_step(theirs, x, eta, t, dt * d * d / (2 * p))  # normalization none: τ is steps × lr
+    probe = torch.randn(7, d, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(theirs(probe), ours(probe), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(theirs.A, ours.A / math.sqrt(p), rtol=1e-10, atol=1e-12)
+
+
+def test_stability_without_the_normalization():
+    """Without 1/√p the stability number is dt·2Δ_t·λ_max(U)/d (lr = dt), against numpy."""
+    from diffmem.studies.rf import _draw
+
+    s = _settings(dt=0.01, normalization="none")
+    cell = s.cells()[2]
+    model, x, *_ = _draw(cell, s)
+    assert model.scale == 1.0
+    eta = torch.randn(x.shape, generator=torch.Generator().manual_seed(cell["seed"] + 1), dtype=torch.float64)
+    a, delta = diffusion_coefficients(s.t)
+    phi = np.tanh((a * x.numpy() + math.sqrt(delta) * eta.numpy()) @ model.W.numpy().T / math.sqrt(6))
+    lam = np.linalg.eigvalsh(phi.T @ phi / cell["n"])[-1]
+    assert stability(cell, s) == pytest.approx(0.01 * 2 * delta * lam / 6, rel=1e-9)

@@ -30,7 +30,7 @@ def _direct(x, sigma, kind=None, strength=0.0):
         if kind == "tikhonov":  # (c·x + σ²·x̄_w) / (σ² + c)
             out.append((strength * xi + s**2 * x_bar) / (s**2 + strength))
         elif kind == "eb":  # x + σ² Σ w_i (y_i - x)/σ², w_i = exp(ℓ_i) / max(Σ exp(ℓ_j), τ)
-            ell = -sq / (2 * s**2) - (TOY.shape[1] / 2) * math.log(2 * math.pi * s**2)
+            ell = -sq / (2 * s**2)  # the authors' unnormalized kernels
             weights = np.exp(ell - max(logsumexp(ell), math.log(strength)))
             out.append(xi + (weights[:, None] * (TOY - xi)).sum(0))
         else:
@@ -69,10 +69,20 @@ def test_memorized_fraction_falls_with_c_on_the_toy():
     assert exact["fraction_within"] == 1.0 and exact["memorization_ratio"] == 1.0  # D* copies every sample
     assert smooth["fraction_within"] < 0.3 and smooth["memorization_ratio"] < 0.5 and x.shape == (60, 2)
     assert exact["fraction_beyond_diameter"] == smooth["fraction_beyond_diameter"] == 0.0
-    # a floor far above S(σ_max) = 20 / (2π·80²) ≈ 5e-4 never lets the samples be denoised
-    floored, x = measure_strength(cloud, "eb", 1.0, settings)
+    # the kernel sum S ≤ 20 at every σ: a floor far above it never lets the samples be denoised
+    floored, x = measure_strength(cloud, "eb", 1000.0, settings)
     assert floored["fraction_beyond_diameter"] > 0.9 and floored["fraction_within"] < 0.05
     assert np.median(np.linalg.norm(x, axis=1)) > 20
+
+
+def test_eb_floor_makes_new_samples_on_the_toy():
+    """Seed 002's three shares at the authors' τ = 1 (their range 1e-2 ... 10): some copies, few
+    undenoised, most samples new (measured with 1000 samples: 0.28 / 0.05 / 0.67)."""
+    settings = RegularizationSettings(eb=(1.0,), num=200, bootstrap=0)
+    row, _ = measure_strength(make_points("toy2d", 20), "eb", 1.0, settings)
+    shares = row["fraction_within"], row["fraction_beyond_diameter"], row["fraction_new"]
+    assert 0.15 < shares[0] < 0.45 and 0.0 < shares[1] < 0.15 and 0.45 < shares[2] < 0.8
+    assert math.isclose(sum(shares), 1.0)
 
 
 def test_image_samples_are_measured_as_pngs_in_model_space(digits):
@@ -126,3 +136,28 @@ def test_runs_only_its_own_mode(tmp_path):
     path.write_text('mode = "runs"\n[data]\nsource = "toy2d"\nsize = 20\n[train]\npreset = "mlp-toy"\nepochs = 1\n')
     with pytest.raises(InputError, match="mode"):
         run_regularization(parse_spec(path), tmp_path / "out")
+
+
+def test_tikhonov_in_time_uses_strength_c_g_squared(queries):
+    """tikhonov_time:c is the constant form with strength c·g(t)², g² = dσ²/dt = 2t = 2σ on EDM's
+    σ(t) = t: checked per noise level against the constant form at strength 2cσ, and by hand."""
+    x, sigma = queries
+    c = 0.07
+    got = OptimalDenoiser(TOY, regularize=("tikhonov_time", c))(torch.from_numpy(x), torch.from_numpy(sigma)).numpy()
+    x_bar = _direct(x, sigma)
+    g2 = 2 * sigma[:, None]
+    np.testing.assert_allclose(got, (c * g2 * x + sigma[:, None] ** 2 * x_bar) / (sigma[:, None] ** 2 + c * g2),
+                               rtol=1e-10, atol=1e-12)
+    for i in (0, 7):
+        const = _direct(x[i:i + 1], sigma[i:i + 1], "tikhonov", 2 * c * sigma[i])
+        np.testing.assert_allclose(got[i:i + 1], const, rtol=1e-10, atol=1e-12)
+
+
+def test_tikhonov_in_time_strength_grows_with_noise_and_still_lowers_copies():
+    """Sampled, the time form copies less as c grows (c = 0 is D*, every sample a training point)."""
+    cloud = make_points("toy2d", 20)
+    settings = RegularizationSettings(tikhonov_time=(0.0, 0.1), num=60, steps=10, bootstrap=0)
+    zero, _ = measure_strength(cloud, "tikhonov_time", 0.0, settings)
+    some, _ = measure_strength(cloud, "tikhonov_time", 0.1, settings)  # measured, 500 samples: 0.084
+    assert zero["fraction_within"] == 1.0 and some["fraction_within"] < 0.3
+    assert [r[0] for r in settings.strengths()] == ["tikhonov_time"] * 2

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 import scipy.special
+import scipy.stats
 
 from diffmem.studies.timescales import (TimescaleSettings, analyze, first_crossing, fit_proportional, power_law, tau_gen,
                                 tau_mem)
@@ -73,12 +74,15 @@ def test_power_law_exponents():
     assert abs(flat["beta"]) < 0.05 and flat["interval"][0] < 0 < flat["interval"][1]
 
 
-def _synthetic_curves(c=10.0, k=3.0, gen=400.0):
-    """f_mem = σ(k log(t / (c n))) (τ_mem ∝ n) and FD = 2 + 40 exp(-t / gen) (τ_gen flat) at 120
-    log-spaced snapshots, in images seen."""
+def _synthetic_curves(c=1000.0, k=3.0, gen=400.0, seeds=None):
+    """f_mem = σ(k log(t / (c n))) (τ_mem ∝ n) and FD = 2 + 40 exp(-t / gen) (τ_gen flat) at 160
+    log-spaced snapshots, in images seen; with ``seeds`` ({seed: factor}) one run per (n, seed) with
+    c scaled by the factor."""
+    if seeds is not None:
+        return {(n, s): pts for s, f in seeds.items() for n, pts in _synthetic_curves(c * f, k, gen).items()}
     curves = {}
     for n in (8, 16, 32, 64):
-        t = np.unique(np.geomspace(8, 1e5, 120).round())
+        t = np.unique(np.geomspace(8, 1e6, 160).round())
         f = scipy.special.expit(k * np.log(t / (c * n)))
         curves[n] = [dict(epoch=int(ti // n), step=int(ti), images=float(ti), n=n, f_mem=float(fi), ci95=[0, 1],
                           fd=float(2 + 40 * np.exp(-ti / gen))) for ti, fi in zip(t, f)]
@@ -88,7 +92,7 @@ def _synthetic_curves(c=10.0, k=3.0, gen=400.0):
 def test_analyze_recovers_proportional_tau_mem_and_flat_tau_gen():
     settings = TimescaleSettings(threshold=0.03, tolerance=0.1, time="images")
     result = analyze(_synthetic_curves(), settings)
-    a_true = 10.0 * math.exp(scipy.special.logit(0.03) / 3.0)
+    a_true = 1000.0 * math.exp(scipy.special.logit(0.03) / 3.0)
     fit = result["fits"]["tau_mem"]
     assert fit["proportional"]["a"] == pytest.approx(a_true, rel=0.02)
     assert fit["proportional"]["r2"] > 0.999 and fit["power_law"]["beta"] == pytest.approx(1, abs=0.02)
@@ -99,6 +103,42 @@ def test_analyze_recovers_proportional_tau_mem_and_flat_tau_gen():
     epochs = analyze(_synthetic_curves(), TimescaleSettings(time="epochs"))
     taus = [r["tau_mem"] for r in epochs["rows"]]
     assert max(taus) / min(taus) == pytest.approx(1, abs=0.03)
+
+
+def test_tau_gen_plateau_is_taken_before_f_mem_rises():
+    """With memorization starting at 3.1·n images, before the FD reaches its plateau (about 920),
+    τ_gen comes from the snapshots before f_mem > 0.03 only: their own minimum and range."""
+    from diffmem.studies.timescales import generalization_window
+
+    settings = TimescaleSettings(threshold=0.03, tolerance=0.1, time="images")
+    curves = _synthetic_curves(c=10.0)
+    result = analyze(curves, settings)
+    for row in result["rows"]:
+        pts = curves[row["n"]]
+        t, f, fd = [p["images"] for p in pts], [p["f_mem"] for p in pts], [p["fd"] for p in pts]
+        k = generalization_window(f, 0.03)
+        assert k == sum(1 for v in np.maximum.accumulate(np.array(f) > 0.03) if not v)
+        assert row["snapshots_before_mem"] == k and row["fd_plateau"] == min(fd[:k])
+        assert row["tau_gen"] == pytest.approx(tau_gen(t[:k], fd[:k], 0.1))
+        assert row["tau_gen"] < row["tau_mem"] * 1.0001  # never a time that already copies
+    assert generalization_window([0.5, 0.0], 0.03) == 0 and generalization_window([0.0, 0.01], 0.03) == 2
+
+
+def test_seeds_give_per_run_rows_means_with_intervals_and_one_fit():
+    factors = {0: 0.8, 1: 1.0, 2: 1.3}
+    settings = TimescaleSettings(threshold=0.03, tolerance=0.1, time="images")
+    result = analyze(_synthetic_curves(seeds=factors), settings)
+    assert len(result["rows"]) == 12 and {r["seed"] for r in result["rows"]} == {0, 1, 2}
+    a_true = 1000.0 * math.exp(scipy.special.logit(0.03) / 3.0)
+    for row in result["by_n"]:
+        taus = np.array([r["tau_mem"] for r in result["rows"] if r["n"] == row["n"]])
+        assert row["runs"] == 3 and row["tau_mem_reached"] == 3
+        assert row["tau_mem"] == pytest.approx(taus.mean()) and row["tau_mem"] == pytest.approx(a_true * row["n"] * 31 / 30, rel=0.02)
+        half = scipy.stats.t.ppf(0.975, 2) * taus.std(ddof=1) / math.sqrt(3)
+        assert row["tau_mem_ci95"] == pytest.approx([taus.mean() - half, taus.mean() + half])
+        assert row["tau_mem_over_n"] == pytest.approx(taus.mean() / row["n"])
+    fit = result["fits"]["tau_mem"]
+    assert fit["proportional"]["k"] == 12 and fit["proportional"]["interval"][0] < fit["proportional"]["a"]
 
 
 @pytest.mark.parametrize("key, value, needle", [
@@ -178,3 +218,22 @@ def test_tiny_spec_end_to_end_and_resumable(tmp_path, run_cli, monkeypatch):
     code, stdout2, stderr = run_cli(["timescales", spec, "--out", out, "--threads", "1"])
     assert code == 0, stderr
     assert json.loads((out / "results.json").read_text())["rows"] == result["rows"]
+
+
+def test_seed_axis_and_batch_cap_end_to_end(tmp_path, run_cli):
+    """Seed 003's protocol: batch min(cap, n) per n, one step grid, seeds repeated per n."""
+    spec = tmp_path / "s.toml"
+    text = SPEC.format(sizes="[4, 8]", batch=32, extra="batch_cap = 6\ntime = \"steps\"")
+    text = text.replace("epochs = 12", "steps = 6").replace('snapshots = "log:4"', 'snapshots = "3"')
+    spec.write_text(text.replace("[axes]", "[axes]\n\"train.seed\" = [0, 1]"))
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(["timescales", spec, "--out", out, "--threads", "1"])
+    assert code == 0, stderr
+    result = json.loads((out / "results.json").read_text())
+    assert [(r["n"], r["seed"]) for r in result["rows"]] == [(4, 0), (4, 1), (8, 0), (8, 1)]
+    assert [r["runs"] for r in result["by_n"]] == [2, 2] and "mean of 2 runs" in stdout
+    batches = {c.name: json.loads((c / "config.json").read_text())["batch"] for c in out.iterdir() if c.is_dir()}
+    assert sorted(batches.values()) == [4, 4, 6, 6]
+    for cell in (c for c in out.iterdir() if c.is_dir()):
+        steps = [p["step"] for p in json.loads((cell / "timescales.json").read_text())["points"]]
+        assert steps[-1] == 6  # one grid of steps for every n

@@ -58,6 +58,7 @@ class TrainConfig:
     depth: int | None = None  # MLP hidden layers
     precond: str = "vp"  # edm | vp: preconditioning and its loss
     sigma_data: float = 0.5  # EDM's σ_data: the data's standard deviation (edm only; 1.0 for unit-variance toys)
+    tikhonov: float = 0.0  # Tikhonov c ≥ 0 in the loss (seed 002): minimizer (x̄ - x)/(σ² + c) (diffmem.losses)
     # Duration.
     epochs: float | None = None
     steps: int | None = None
@@ -96,6 +97,7 @@ class TrainConfig:
         fix("sigma_data", check_number("sigma_data", self.sigma_data, lo=0, lo_open=True, hi=1e6))
         if self.precond != "edm" and self.sigma_data != 0.5:
             raise InputError(f"only EDM preconditioning uses it, not {self.precond}", param="sigma_data")
+        fix("tikhonov", check_number("tikhonov", self.tikhonov, lo=0, hi=1e6))
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.preset is not None:
             _choice("preset", self.preset, tuple(PRESETS))

@@ -3,6 +3,13 @@
 EDM:  ln σ ~ N(P_mean, P_std²),  λ(σ) = (σ² + σd²)/(σ·σd)².
 VP:   t ~ U(ε_t, 1),  σ = σ(t),  λ(σ) = 1/σ².
 
+Tikhonov (Baptista et al. 2025, seed 002; ``tikhonov = c > 0``): the score-matching loss
+``‖σ·s + n‖² + c·‖s‖²`` with ``s = (D - x)/σ²``, ``x = y + σn``, is ``(‖D - y‖² + (c/σ²)·‖D - x‖²)/σ²``,
+so each loss adds ``(c/σ²)·(D - x)²`` inside its weight λ(σ). Its minimizer at every σ is
+``s = (x̄ - x)/(σ² + c)``, ``D = (c·x + σ²·x̄)/(σ² + c)`` with ``x̄`` the posterior mean — the
+closed form ``OptimalDenoiser(regularize=("tikhonov", c))`` on the training set. (The constant form,
+as the authors' network notebook ``VE_NNTikhonov``; the weighting λ(σ) does not move a per-σ minimizer.)
+
 Each loss splits into :meth:`draw` (the randomness: σ and n for a batch) and :meth:`weighted` (the
 deterministic part), so a training loop can draw the randomness for a whole global batch and give
 each process its slice. ``loss(D, y, labels, generator)`` does both.
@@ -20,6 +27,8 @@ from diffmem.rng import MEMBERSHIP, check_seed, derive_seed
 
 
 class _Loss:
+    tikhonov = 0.0  # c of the Tikhonov penalty (module doc); 0 = the plain loss
+
     def draw_sigma(self, shape, generator, device) -> torch.Tensor:
         raise NotImplementedError
 
@@ -33,9 +42,14 @@ class _Loss:
         return sigma, n
 
     def weighted(self, D, y: torch.Tensor, labels, sigma: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """Per-element loss λ(σ)·(D(y + σn; σ) - y)², same shape as y."""
-        D_yn = D(y + sigma * n, sigma.flatten(), labels)
-        return self.weight(sigma) * (D_yn - y) ** 2
+        """Per-element loss λ(σ)·[(D(x; σ) - y)² + (c/σ²)·(D(x; σ) - x)²], x = y + σn, same shape as y
+        (the second term only with a Tikhonov ``c > 0``)."""
+        x = y + sigma * n
+        D_yn = D(x, sigma.flatten(), labels)
+        err = (D_yn - y) ** 2
+        if self.tikhonov:
+            err = err + (self.tikhonov / sigma ** 2) * (D_yn - x) ** 2
+        return self.weight(sigma) * err
 
     def __call__(self, D, y: torch.Tensor, labels=None, generator=None) -> torch.Tensor:
         sigma, n = self.draw(tuple(y.shape), generator, y.device)
@@ -45,7 +59,8 @@ class _Loss:
 class EDMLoss(_Loss):
     """EDM loss: log-normal σ, weight (σ² + σd²)/(σ·σd)² (unit effective weight at every σ)."""
 
-    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5):
+    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5, tikhonov: float = 0.0):
+        self.tikhonov = float(tikhonov)
         self.P_mean = float(P_mean)
         self.P_std = float(P_std)
         self.sigma_data = float(sigma_data)
@@ -61,7 +76,8 @@ class EDMLoss(_Loss):
 class VPLoss(_Loss):
     """VP loss: t uniform on [ε_t, 1], σ = σ(t), weight 1/σ²."""
 
-    def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5):
+    def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, epsilon_t: float = 1e-5, tikhonov: float = 0.0):
+        self.tikhonov = float(tikhonov)
         self.beta_d = float(beta_d)
         self.beta_min = float(beta_min)
         self.epsilon_t = float(epsilon_t)

@@ -234,7 +234,7 @@ def _set_up(config: TrainConfig, data, out: Path, resume: bool) -> tuple[_Loop, 
     if config.compile:
         forward = torch.compile(forward)
     loop = _Loop(config, plan, record, out, data, rank, world_size, device, images, labels, model, ema, optimizer, forward,
-                 LOSSES[config.precond](**precond_options(config)), loss_acc=torch.zeros((), device=device, dtype=torch.float64))
+                 LOSSES[config.precond](**precond_options(config), tikhonov=config.tikhonov), loss_acc=torch.zeros((), device=device, dtype=torch.float64))
     if has_state:
         _load_state(loop)
     _open_run_folder(loop, resume)

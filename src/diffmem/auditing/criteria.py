@@ -213,7 +213,7 @@ def authenticity(ctx: AuditInputs) -> Criterion:
     idx = found.idx1
     own = copying.nearest_other_distance(ctx.train.images, idx, memory_limit=ctx.memory_limit, device=ctx.device)
     d_gen, d_train = found.d1, own * ctx.scale()
-    res = copying.AuthenticityResult(d_gen=d_gen, d_train=d_train, idx=idx, authentic=d_gen >= d_train)
+    res = copying.AuthenticityResult.from_distances(d_gen, d_train, idx)
     flags = ~res.authentic
     ci, _ = bootstrap_ci(flags, 1000, ctx.seed)
     return Criterion("authenticity", True, res.explain(), float(flags.mean()), ci, flags,

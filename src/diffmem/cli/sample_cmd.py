@@ -51,7 +51,8 @@ def write_images(path: str | Path, images: np.ndarray, labels=None) -> Path:
 @click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True, help="Sample i uses the stream (seed, i).")
 @click.option("--labels", default=None,
               help="none | true (the --train labels, cycled) | random | K | k1,k2,... (class-conditional sampling).")
-@click.option("--regularize", default=None, help="tikhonov:C, eb:TAU or log_eb:LN_TAU (the floor by its logarithm), with --optimal.")
+@click.option("--regularize", default=None, help="tikhonov:C (constant strength), tikhonov_time:C (strength c·g(t)², g² = 2σ on EDM's "
+                   "schedule), eb:TAU or log_eb:LN_TAU (the floor by its logarithm), with --optimal.")
 @click.option("--batch", type=int, default=_DEFAULTS["batch_size"], show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled (.bin) diffusers weights; only for files you trust.")

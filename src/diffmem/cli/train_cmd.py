@@ -43,6 +43,9 @@ KNOBS = [
                  help=f"Preconditioning and loss {_default('precond')}."),
     click.option("--sigma-data", type=float, default=None,
                  help=f"EDM's data standard deviation sigma_data {_default('sigma_data')} (1.0 suits unit-variance toys)."),
+    click.option("--tikhonov", type=float, default=None, metavar="C",
+                 help=f"Tikhonov penalty c·‖score‖² in the loss {_default('tikhonov')}: its minimizer is the "
+                      "optimum regularized by c (diffmem sample --regularize tikhonov:C)."),
     click.option("--epochs", type=float, default=None, help="Duration in epochs (steps = ceil(epochs*|D|/batch))."),
     click.option("--steps", type=int, default=None, help="Duration in optimizer steps."),
     click.option("--batch", type=int, default=None, help=f"Global batch size {_default('batch')}."),

@@ -8,17 +8,30 @@ posterior mean under the empirical distribution (Gu et al. 2025, Eq. 2):
 Sampling with it returns training images. Regularized variants (Baptista et al. 2025), with
 ``x̄_w = D*(x; σ)`` the softmax average above:
 
-* Tikhonov ``c``:  ``D_c(x; σ) = (c·x + σ²·x̄_w) / (σ² + c)``; ``c = 0`` is ``D*``.
-* Empirical-Bayes floor ``τ``: weights ``w_i = exp(ℓ_i) / max(Σ_j exp(ℓ_j), τ)`` with Gaussian
-  log-kernels ``ℓ_i = -‖x - y_i‖²/2σ² - (d/2)·ln(2πσ²)``, score ``Σ_i w_i (y_i - x)/σ²``, so
-  ``D(x; σ) = x + σ²·score = (1 - W)·x + W·x̄_w`` with ``W = Σ_i w_i = S / max(S, τ)``,
-  ``S = Σ_j exp(ℓ_j)``. ``τ → 0`` recovers ``D*``. Mind the scale: ``log S`` spans about
-  ``±(d/2)·ln(2πσ²)`` over the noise schedule (digits, d = 64: from about -372 at σ = 80 to +340 at
-  σ = 0.002), so useful ``τ`` lie near ``exp(log S(σ_max))``. On 64 digits, ``τ ≤ e^-390`` still
-  copies every sample and ``τ = e^-370`` leaves a quarter of them undenoised (noise, not new images):
-  in pixel space the floor stops denoising rather than generalizing, unlike in the 2-D toy of
-  Baptista et al.
-
+* Tikhonov ``c``, constant in time (``tikhonov``): the minimizer of ``E‖σ·s + ξ‖² + c‖s‖²`` is
+  ``s_c = (x̄_w - x)/(σ² + c)``, i.e. ``D_c(x; σ) = x + σ²·s_c = (c·x + σ²·x̄_w) / (σ² + c)``;
+  ``c = 0`` is ``D*``. (The form of the authors' latest ``GMM_score_TikhonovRegularized``.)
+* Tikhonov in time (``tikhonov_time``), the form of the authors' earlier code and of seed 002's
+  text: the strength ``c·g(t)²`` grows with the noise, ``g`` the forward SDE's diffusion
+  coefficient, so ``s = (x̄_w - x)/(σ² + c·g²)`` and ``D = (c·g²·x + σ²·x̄_w)/(σ² + c·g²)``. For a
+  variance-exploding SDE ``dx = g(t) dw`` the marginal variance is ``σ(t)² = ∫₀ᵗ g(u)² du``, so
+  ``g(t)² = dσ²/dt``. EDM's sampler (the one diffmem samples with) runs ``σ(t) = t``, hence
+  ``g(t)² = 2t = 2σ`` (:func:`edm_diffusion_sq`) and ``D = (2cσ·x + σ²·x̄_w)/(σ² + 2cσ)``. ``g``
+  depends on the time variable: on the authors' toy schedule (VE, ``σ(t)² = (b^(2t) - 1)/(2 ln b)``,
+  ``b = 10``) ``g² = b^(2t) = 1 + 2 ln(b)·σ²``, so there the same ``c`` is a constant ``c`` plus a
+  ``(1 + 4.6c)`` inflation of ``σ²`` — a number ``c`` is tied to its schedule.
+* Empirical-Bayes floor ``τ``, as the authors' ``GMM_score_EmpiricalBayes``
+  (``baptistar/DiffusionModelDynamics``): weights ``w_i = exp(ℓ_i) / max(Σ_j exp(ℓ_j), τ)`` with the
+  *unnormalized* log-kernels ``ℓ_i = -‖x - y_i‖²/2σ²`` (no ``-(d/2)·ln(2πσ²)``), score
+  ``Σ_i w_i (y_i - x)/σ²``, so ``D(x; σ) = x + σ²·score = (1 - W)·x + W·x̄_w`` with
+  ``W = Σ_i w_i = S / max(S, τ)``, ``S = Σ_j exp(ℓ_j)``. ``τ → 0`` recovers ``D*``. ``S`` is at most
+  ``n`` (the number of training samples) whatever ``σ``, so one ``τ`` means the same at every noise
+  level: ``τ ≥ n`` damps every step, ``τ`` near ``e^(-r²/2)`` stops the denoising of a sample whose
+  nearest training point is ``r`` standard deviations of noise away. The authors run ``τ`` from
+  1e-2 to 10 on their 2-D toy. (The sampler's EDM schedule has no mean scaling, ``a = 1`` in the
+  authors' ``‖x - a·y_i‖²``.) A normalized Gaussian kernel, as diffmem used before, adds
+  ``-(d/2)·ln(2πσ²)`` to ``ln S`` — hundreds of nats across the schedule in 64 dimensions — so a
+  fixed ``τ`` either never bites or never lets a sample be denoised.
 Everything is streamed over the training set in chunks with a running log-sum-exp, so the softmax
 never materializes (n_train × batch) and never underflows, even at σ = 0.002 in float32.
 """
@@ -43,8 +56,9 @@ class OptimalDenoiser:
         labels: training labels (n,) for the class-conditional optimum (Eq. 60: the same sum over
             the images of the requested class only). Taken from ``train`` when it is an ImageSet.
         conditional: use labels passed to ``__call__`` to restrict the sum to that class.
-        regularize: ``None``, ``("tikhonov", c)``, ``("eb", tau)`` or ``("log_eb", ln_tau)`` (the floor
-            given by its logarithm, for floors below float64's smallest number, e^-745).
+        regularize: ``None``, ``("tikhonov", c)`` (constant strength), ``("tikhonov_time", c)``
+            (strength ``c·g(σ)²`` on EDM's schedule), ``("eb", tau)`` or ``("log_eb", ln_tau)`` (the
+            floor given by its logarithm, for floors below float64's smallest number, e^-745).
         chunk: training images per streamed block.
         dtype: computation dtype (float64 by default: the ODE at small σ is sensitive).
     """
@@ -88,7 +102,7 @@ class OptimalDenoiser:
         self.y = y
         self.y_sq = torch.linalg.vector_norm(y, dim=1).square()  # ‖y_i‖², without a (n, d) temporary
         self.kind, value = _parse_regularizer(regularize)
-        self.c = value if self.kind == "tikhonov" else None  # Tikhonov strength
+        self.c = value if self.kind in ("tikhonov", "tikhonov_time") else None  # Tikhonov strength
         self.log_tau = None  # the EB floor as ln τ (floors below e^-745 underflow as floats)
         if self.kind in ("eb", "log_eb"):
             self.kind, self.log_tau = "eb", value if self.kind == "log_eb" else math.log(value)
@@ -141,23 +155,33 @@ class OptimalDenoiser:
             acc = torch.addmm(acc * rescale, weights, yc)
             run_max = new_max
         x_bar = acc / run_sum  # D*(x; σ)
-        if self.kind == "tikhonov":
-            c, var = self.c, sigma[:, None] ** 2
+        if self.kind in ("tikhonov", "tikhonov_time"):
+            var = sigma[:, None] ** 2
+            c = self.c if self.kind == "tikhonov" else self.c * edm_diffusion_sq(sigma[:, None])  # c or c·g²
             return (c * x + var * x_bar) / (var + c)
         if self.kind == "eb":
-            d = x.shape[1]
-            log_s = run_max + torch.log(run_sum) - 0.5 * d * torch.log(math.pi * two_var)  # log Σ exp(ℓ_j)
+            log_s = run_max + torch.log(run_sum)  # ln S = ln Σ_j exp(-‖x - y_j‖²/2σ²), unnormalized kernels
             W = torch.exp(log_s - torch.clamp(log_s, min=self.log_tau))  # S / max(S, τ), in log space
             return (1 - W) * x + W * x_bar
         return x_bar
+
+
+def edm_diffusion_sq(sigma):
+    """``g(t)²`` of the variance-exploding SDE that EDM's sampler integrates, at ``σ = t``: with
+    ``σ(t)² = ∫₀ᵗ g² du`` and ``σ(t) = t``, ``g(t)² = d(t²)/dt = 2t = 2σ``."""
+    return 2 * sigma
+
+
+REGULARIZERS = ("tikhonov", "tikhonov_time", "eb", "log_eb")
+_FLAG_FORMS = "tikhonov:C, tikhonov_time:C, eb:TAU or log_eb:LN_TAU"
 
 
 def _parse_regularizer(regularize) -> tuple[str | None, float]:
     if regularize is None:
         return None, 0.0
     kind, value = regularize
-    if kind not in ("tikhonov", "eb", "log_eb"):
-        raise InputError(f"unknown regularizer {kind!r} (use tikhonov:C, eb:TAU or log_eb:LN_TAU)", param="regularize")
+    if kind not in REGULARIZERS:
+        raise InputError(f"unknown regularizer {kind!r} (use {_FLAG_FORMS})", param="regularize")
     value = float(value)
     if kind == "log_eb":
         if not math.isfinite(value):
@@ -169,14 +193,15 @@ def _parse_regularizer(regularize) -> tuple[str | None, float]:
 
 
 def parse_regularize_flag(text: str | None) -> tuple[str, float] | None:
-    """``tikhonov:C``, ``eb:TAU`` or ``log_eb:LN_TAU`` → (kind, value); ``None``/``none`` → None."""
+    """``tikhonov:C``, ``tikhonov_time:C``, ``eb:TAU`` or ``log_eb:LN_TAU`` → (kind, value);
+    ``None``/``none`` → None."""
     if text is None or text.lower() == "none":
         return None
     kind, sep, value = text.partition(":")
     try:
         parsed = (kind.lower(), float(value))
     except ValueError:
-        raise InputError(f"expected tikhonov:C, eb:TAU or log_eb:LN_TAU, got {text!r}", param="regularize") from None
+        raise InputError(f"expected {_FLAG_FORMS}, got {text!r}", param="regularize") from None
     if not sep:
-        raise InputError(f"expected tikhonov:C, eb:TAU or log_eb:LN_TAU, got {text!r}", param="regularize")
+        raise InputError(f"expected {_FLAG_FORMS}, got {text!r}", param="regularize")
     return _parse_regularizer(parsed)

@@ -23,8 +23,10 @@ the mean of U; we use the formula above (a shift of 0.5/σ_U per cell).
 **Authenticity** ("How Faithful is your Synthetic Data? Sample-level Metrics for Evaluating and
 Auditing Generative Models", Alaa, van Breugel, Saveliev & van der Schaar, ICML 2022, §3): a generated
 sample g is *inauthentic* when it is closer to its nearest training image r than r is to any other
-training image, ``‖g - r‖ < min_{t ≠ r} ‖r - t‖``; the authenticity score is the authentic share (the
-paper's per-sample rule, as DESIGN.md §6 states it). **Lower authenticity means more samples copy
+training image, ``‖g - r‖ ≤ min_{t ≠ r} ‖r - t‖``; the authenticity score is the authentic share (the
+paper's per-sample rule, as DESIGN.md §6 states it). The tie counts as a copy (≤, as dgm-eval and the
+authors' corrected code): a copy of a duplicated training image (``‖g - r‖ = 0 = ‖r - t‖``) is
+inauthentic. **Lower authenticity means more samples copy
 their nearest training image.** The authors' released code (vanderschaarlab/evaluating-generative-
 models, copied by synthcity) computes instead, for every *real* point r, ``real_to_real[j] <
 real_to_synth[r]`` with ``j`` the index of r's nearest *synthetic* point used as a real index — a
@@ -187,7 +189,12 @@ class AuthenticityResult:
     d_gen: np.ndarray  # (M,) distance from the generated image to its nearest training image r
     d_train: np.ndarray  # (M,) distance from r to its nearest other training image
     idx: np.ndarray  # (M,) int64 index of r
-    authentic: np.ndarray  # (M,) bool: d_gen >= d_train
+    authentic: np.ndarray  # (M,) bool: d_gen > d_train
+
+    @classmethod
+    def from_distances(cls, d_gen: np.ndarray, d_train: np.ndarray, idx: np.ndarray) -> AuthenticityResult:
+        """The rule: a sample is inauthentic when ``d_gen ≤ d_train`` (a tie is a copy)."""
+        return cls(d_gen=d_gen, d_train=d_train, idx=idx, authentic=d_gen > d_train)
 
     @property
     def authenticity(self) -> float:
@@ -230,4 +237,4 @@ def authenticity(train, generated, *, memory_limit: int = DEFAULT_MEMORY_LIMIT, 
     idx = gen_nb.index[:, 0]
     d_train = nearest_other_distance(t_u, idx, memory_limit=memory_limit, device=device)
     d_gen, d_train = gen_nb.dist[:, 0] * scale, d_train * scale
-    return AuthenticityResult(d_gen=d_gen, d_train=d_train, idx=idx, authentic=d_gen >= d_train)
+    return AuthenticityResult.from_distances(d_gen, d_train, idx)

@@ -8,15 +8,20 @@ Two attack statistics per image ``y`` (lower = more likely a member), both at ch
   SecMI_stat): the t-error. SecMI inverts ``x_0 = y`` deterministically with DDIM up to ``t``
   (``x̃_t = Φ(x_0, t)``), takes one more DDIM inversion step ``φ`` to ``t + k``, one DDIM denoising
   step ``ψ`` back to ``t``, and scores ``‖ψ(φ(x̃_t, t), t + k) - x̃_t‖²`` (paper: ``t = 100``, ``k = 10``
-  on DDPM's linear 1000-step schedule). In EDM terms DDIM is Euler on the probability-flow ODE
+  on DDPM's linear 1000-step schedule). The released code (``jinhaoduan/SecMI``,
+  ``mia_evals/secmia.py``, ``get_intermediate_results``) inverts ``y`` from timestep 0 over
+  ``range(0, t_sec, k)[1:]`` — 10, 20, …, 90 for ``t_sec = 100, k = 10`` — and scores the step
+  90 → 100 → 90: the round trip ends at ``t_sec``, one step of ``k`` above the inverted point. We
+  follow the code. In EDM terms DDIM is Euler on the probability-flow ODE
   ``dx/dσ = (x - D(x; σ))/σ`` in ``x = x_t/√ᾱ_t`` at ``σ_t = √((1-ᾱ_t)/ᾱ_t)`` (one DDIM step from
-  t to t' is exactly one Euler step from σ_t to σ_t'). So here: the σ of SecMI's own grid on DDPM's
-  linear schedule (``β`` from 1e-4 to 0.02 over 1000 steps; fractional t interpolated in ln σ):
-  ``t_σ`` = the timestep of σ, Euler steps over σ(0), σ(t_σ/steps), …, σ(t_σ) starting from ``x = y``,
-  one step up to σ(t_σ + t_σ/steps), one back down to σ, and the mean over pixels of the squared
-  difference. (In x_t-space the error is ᾱ_t times this, the same factor for every image: the
-  ranking, the AUC and the TPR do not change.) SecMI's t = 100, k = 10 are σ = σ(100) ≈ 0.342 and
-  ``steps = 10``: the defaults.
+  t to t' is exactly one Euler step from σ_t to σ_t'). So here, with ``σ`` standing for SecMI's
+  ``t_sec`` on DDPM's linear schedule (``β`` from 1e-4 to 0.02 over 1000 steps; fractional t
+  interpolated in ln σ): ``t_σ`` = the timestep of σ, ``k = t_σ/steps``, Euler steps over σ(0), σ(k),
+  …, σ(t_σ - k) starting from ``x = y/√ᾱ_0`` (the code takes ``y`` as the timestep-0 sample), one step up to σ(t_σ) = σ, one back down to σ(t_σ - k), and
+  the mean over pixels of the squared difference at σ(t_σ - k). (In x_t-space the code's error is
+  ``ᾱ_(t_σ-k)·(pixels)`` times this, the same factor for every image: the ranking, the AUC and the
+  TPR do not change.) SecMI's ``t_sec = 100, k = 10`` are σ = σ(100) ≈ 0.342 and ``steps = 10``:
+  the defaults.
 
 With several σ the per-image score is the mean over σ of ``ln(statistic + 1e-12)`` (scale-free, so
 no σ dominates); the AUC at each σ alone is reported too. AUC is the Mann–Whitney probability that a
@@ -28,6 +33,7 @@ curve: the interpolated TPR at FPR = 0.01 (the highest TPR where a vertical step
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,36 +150,37 @@ def _euler(D, x, s_from: float, s_to: float, labels) -> torch.Tensor:
 
 
 def secmi_grid(sigma: float, steps: int = SECMI_STEPS) -> tuple[np.ndarray, float]:
-    """(σ(0), σ(k), …, σ(t_σ)) with k = t_σ/steps on DDPM's linear schedule, and σ(t_σ + k)."""
-    t = float(ddpm_timestep(sigma))
-    k = t / steps
-    if not (0 < t and t + k <= 999):
-        raise InputError(f"SecMI needs σ in ({ddpm_sigma(0):.4g}, {ddpm_sigma(999 * steps / (steps + 1)):.4g}] "
+    """(σ(0), σ(k), …, σ(t_σ - k)) with k = t_σ/steps on DDPM's linear schedule — the inversion, as
+    SecMI's ``range(0, t_sec, k)`` — and σ(t_σ) = σ, the top of the scored round trip."""
+    t = float(ddpm_timestep(sigma))  # clamped to [0, 999] outside the schedule: check σ itself
+    if not (ddpm_sigma(0) < sigma <= ddpm_sigma(999) * (1 + 1e-12)):
+        raise InputError(f"SecMI needs σ in ({ddpm_sigma(0):.4g}, {ddpm_sigma(999):.4g}] "
                          f"(DDPM's linear schedule), got {sigma:g}", param="sigmas")
-    return ddpm_sigma(np.linspace(0.0, t, steps + 1)), float(ddpm_sigma(t + k))
+    return ddpm_sigma(np.linspace(0.0, t, steps + 1)[:-1]), float(ddpm_sigma(t))
 
 
 def t_error(D, images, sigma: float, *, steps: int = SECMI_STEPS, labels=None, batch: int = 256,
             device="cpu") -> np.ndarray:
-    """SecMI's t-error of each image at σ (see module doc): float64 (N,), in (model space)².
+    """SecMI's t-error of each image at σ = σ(t_sec) (see module doc): float64 (N,), in (model space)².
 
-    Deterministic inversion from x = y at σ(0) to σ in ``steps`` Euler (≡ DDIM) steps of
-    :func:`secmi_grid`, then ``x̃ = ψ(φ(x))``: one step up to σ(t_σ + k) and one back to σ; returns
+    Deterministic inversion from x = y at σ(0) to σ(t_sec - k) in ``steps - 1`` Euler (≡ DDIM) steps
+    of :func:`secmi_grid`, then ``x̃ = ψ(φ(x))``: one step up to σ(t_sec) and one back; returns
     ``mean_pixels (x̃ - x)²``. ``images``: ImageSet, uint8 pixels or model-space floats."""
     y_all, set_labels = as_model_images(images)
     sigma = check_number("sigma", sigma, lo=0, lo_open=True)
     steps = check_number("steps", steps, lo=1, integer=True)
     labels = set_labels if labels is None and getattr(D, "num_classes", None) else labels
     grid, up = secmi_grid(sigma, steps)
-    sigma = float(grid[-1])
+    base = float(grid[-1])  # σ(t_sec - k), where the round trip starts and ends
     out = np.empty(len(y_all))
     for start in range(0, len(y_all), batch):
-        x = y_all[start:start + batch].to(device, torch.float64)
+        # The code takes y as the sample at timestep 0 (x_0 = y in x_t-space): x = y/√ᾱ_0 = y·√(1 + σ(0)²).
+        x = y_all[start:start + batch].to(device, torch.float64) * math.sqrt(1 + grid[0] ** 2)
         lab = None if labels is None else torch.as_tensor(np.asarray(labels)[start:start + batch]).long().to(device)
         with torch.no_grad():
             for s0, s1 in zip(grid[:-1], grid[1:]):
-                x = _euler(D, x, float(s0), float(s1), lab)  # x̃_t = Φ(y, t)
-            back = _euler(D, _euler(D, x, sigma, up, lab), up, sigma, lab)  # ψ(φ(x̃_t, t), t + k)
+                x = _euler(D, x, float(s0), float(s1), lab)  # x̃ = Φ(y, t_sec - k)
+            back = _euler(D, _euler(D, x, base, up, lab), up, base, lab)  # ψ(φ(x̃, t_sec - k), t_sec)
         out[start:start + len(x)] = ((back - x) ** 2).flatten(1).mean(1).cpu().numpy()
     return out
 

@@ -4,14 +4,18 @@ the Tikhonov strength ``c`` or the empirical-Bayes floor ``τ`` grows.
 For a training set ``{y_i}`` and ``x̄_w(x; σ) = Σ_i softmax_i(-‖x - y_i‖²/2σ²)·y_i`` (the optimum
 ``D*``), :class:`~diffmem.denoisers.optimal.OptimalDenoiser` evaluates
 
-* Tikhonov:  ``D_c(x; σ) = (c·x + σ²·x̄_w) / (σ² + c)``  (``c = 0``: ``D*``);
-* EB floor:  ``D_τ(x; σ) = (1 - W)·x + W·x̄_w``, ``W = S / max(S, τ)``, ``S = Σ_j N(x; y_j, σ²I)``
-  (``τ → 0``: ``D*``).
+* Tikhonov:  ``D_c(x; σ) = (c·x + σ²·x̄_w) / (σ² + c)``  (``c = 0``: ``D*``), the strength ``c``
+  constant (``tikhonov``) or ``c·g(t)² = 2cσ`` on EDM's schedule (``tikhonov_time``, the authors'
+  strength that grows with the noise; derivation in :mod:`diffmem.denoisers.optimal`);
+* EB floor:  ``D_τ(x; σ) = (1 - W)·x + W·x̄_w``, ``W = S / max(S, τ)``,
+  ``S = Σ_j exp(-‖x - y_j‖²/2σ²)`` (unnormalized kernels, as the authors: ``S ≤ n`` at every σ;
+  ``τ → 0``: ``D*``).
 
 For each strength this module samples the regularized optimum with EDM's sampler and measures the
 samples (:func:`~diffmem.metrics.proximity.proximity`): the share within ``tolerance`` of a
-training sample (seed 002's measure), the 1/3-ratio share (seed 001's), and the share farther from
-every training sample than the training set's diameter (never denoised). It is the spec mode
+training sample (seed 002's measure), the 1/3-ratio share (seed 001's), the share farther from
+every training sample than the training set's diameter (never denoised), and the rest, the new
+samples (``fraction_new = 1 - within - never denoised``: seed 002's three shares). It is the spec mode
 ``regularization``::
 
     name = "regularization-toy"
@@ -21,15 +25,17 @@ every training sample than the training set's diameter (never denoised). It is t
     size = 20
     [axes]                          # optional: data fields only (e.g. dim = [8, 16, 32])
     [regularization]
-    tikhonov = [0.0, 0.01, 0.1, 1.0]  # strengths c (≥ 0)
-    eb = [1e-3, 1e-2]                 # floors τ (> 0) ...
-    log_eb = [-380.0, -372.0]         # ... or ln τ, for floors below float64's range of comfort
+    tikhonov = [0.0, 0.01, 0.1, 1.0]  # constant strengths c (≥ 0)
+    tikhonov_time = [0.01, 0.1]       # strengths c of c·g(t)² (≥ 0)
+    eb = [0.01, 0.1, 1.0, 10.0]       # floors τ (> 0; the authors' range 1e-2 ... 10) ...
+    log_eb = [-30.0]                  # ... or ln τ
     num = 1000                        # samples per strength; tolerance, threshold, sampler, steps,
                                       # seed, bootstrap, quantize (images: round to uint8 first)
 
 run by ``diffmem regularization SPEC [--out DIR]``. Output: ``OUT/<cell>/regularization.json``
 (rows, resumable: a finished cell is read back), ``OUT/results.csv|json`` (one row per cell and
-strength), ``OUT/tikhonov.png`` and ``OUT/eb.png`` (both shares against the strength), and for 2-D
+strength), ``OUT/<kind>.png`` per regularizer used (``tikhonov``, ``tikhonov_time``, ``eb``: the
+shares against the strength), and for 2-D
 points ``OUT/<cell>/samples.png`` (training points and samples per strength).
 """
 
@@ -68,8 +74,9 @@ CELL_FILE = "regularization.json"
 class RegularizationSettings:
     """The ``[regularization]`` table: strengths and how each regularized optimum is measured."""
 
-    tikhonov: tuple[float, ...] = ()  # Tikhonov strengths c ≥ 0 (data units squared, like σ²)
-    eb: tuple[float, ...] = ()  # EB floors τ > 0 (a density: units of data^-d)
+    tikhonov: tuple[float, ...] = ()  # constant Tikhonov strengths c ≥ 0 (data units squared, like σ²)
+    tikhonov_time: tuple[float, ...] = ()  # Tikhonov in time: strength c·g(t)² = 2cσ (c in data units)
+    eb: tuple[float, ...] = ()  # EB floors τ > 0 (on the unnormalized kernel sum, ≤ n)
     log_eb: tuple[float, ...] = ()  # EB floors given as ln τ
     num: int = 1000  # samples per strength
     tolerance: float = DEFAULT_TOLERANCE  # "within a tolerance": d1 ≤ tolerance, in data units
@@ -82,13 +89,14 @@ class RegularizationSettings:
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
-        for name, lo, lo_open in (("tikhonov", 0, False), ("eb", 0, True), ("log_eb", None, False)):
+        for name, lo, lo_open in (("tikhonov", 0, False), ("tikhonov_time", 0, False), ("eb", 0, True),
+                                  ("log_eb", None, False)):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)):
                 raise InputError(f"must be a list of numbers, got {values!r}", param=name)
             fix(name, tuple(float(check_number(name, v, lo=lo, lo_open=lo_open)) for v in values))
-        if not (self.tikhonov or self.eb or self.log_eb):
-            raise InputError("give at least one strength (tikhonov, eb or log_eb)", param="tikhonov")
+        if not (self.tikhonov or self.tikhonov_time or self.eb or self.log_eb):
+            raise InputError("give at least one strength (tikhonov, tikhonov_time, eb or log_eb)", param="tikhonov")
         fix("num", check_number("num", self.num, lo=1, hi=10**7, integer=True))
         fix("tolerance", check_number("tolerance", self.tolerance, lo=0, lo_open=True))
         fix("threshold", check_number("threshold", self.threshold, lo=0, lo_open=True, hi=1))
@@ -102,7 +110,8 @@ class RegularizationSettings:
 
     def strengths(self) -> list[tuple[str, float, float]]:
         """``(kind, strength, ln strength)`` for every strength (ln of 0 is -inf)."""
-        rows = [("tikhonov", c, math.log(c) if c > 0 else -math.inf) for c in self.tikhonov]
+        rows = [(kind, c, math.log(c) if c > 0 else -math.inf)
+                for kind in ("tikhonov", "tikhonov_time") for c in getattr(self, kind)]
         rows += [("eb", tau, math.log(tau)) for tau in self.eb]
         return rows + [("eb", math.exp(log_tau), log_tau) for log_tau in self.log_eb]
 
@@ -142,8 +151,9 @@ def measure_strength(train, kind: str, strength: float, settings: Regularization
     # (a strong EB floor leaves them at the σ_max scale): neither copies nor new data.
     diameter = diameter_of(y) if diameter is None else diameter
     undenoised = float(np.mean(near.d1 > diameter))
+    new = float(np.mean((near.d1 > settings.tolerance) & (near.d1 <= diameter)))  # 1 - within - undenoised
     return {"kind": kind, "strength": strength, "log_strength": log_strength, **near.summary(),
-            "fraction_beyond_diameter": undenoised}, x
+            "fraction_beyond_diameter": undenoised, "fraction_new": new}, x
 
 
 def diameter_of(y: np.ndarray) -> float:
@@ -171,6 +181,7 @@ def run_cell(cell: Cell, settings: RegularizationSettings, folder: Path, device:
         samples.append((kind, strength, x))
         if log is not None:
             log(f"{cell.name} {kind} {strength:.4g}: within {row['fraction_within']:.3f}, "
+                f"new {row['fraction_new']:.3f}, never denoised {row['fraction_beyond_diameter']:.3f}, "
                 f"ratio {row['memorization_ratio']:.3f}")
     Path(folder).mkdir(parents=True, exist_ok=True)
     if isinstance(train, PointCloud) and train.dim == 2:
@@ -205,26 +216,26 @@ def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None, e
     rows = [row for c in cells for row in done[c.name]]
     write_table(out, rows)
     write_json(out / "spec.json", {"spec": spec.path, **record})
-    for kind in ("tikhonov", "eb"):
+    for kind in ("tikhonov", "tikhonov_time", "eb"):
         if any(r["kind"] == kind for r in rows):
             save_strength_curves(out / f"{kind}.png", rows, kind, settings)
     return rows
 
 
 def save_strength_curves(path: Path, rows: list[dict], kind: str, settings: RegularizationSettings) -> Path:
-    """Both shares against c (symlog axis) or ln τ, one pair of lines per cell (for τ also the
-    share never denoised)."""
+    """Seed 002's three shares (within the tolerance, new, never denoised) and the 1/3 ratio against
+    the strength (log axis; symlog when it includes 0), one set of lines per cell."""
     series = {}
     for cell in dict.fromkeys(r["cell"] for r in rows if r["kind"] == kind):
         mine = [r for r in rows if r["kind"] == kind and r["cell"] == cell]
-        x = [r["strength"] if kind == "tikhonov" else r["log_strength"] for r in mine]
+        x = [r["strength"] for r in mine]
         prefix = "" if cell == "base" else f"{cell}: "
         series[f"{prefix}within {settings.tolerance:g}"] = (x, [r["fraction_within"] for r in mine])
+        series[f"{prefix}new"] = (x, [r["fraction_new"] for r in mine])
+        series[f"{prefix}never denoised"] = (x, [r["fraction_beyond_diameter"] for r in mine])
         series[f"{prefix}ratio < {settings.threshold:.3g}"] = (x, [r["memorization_ratio"] for r in mine])
-        if kind == "eb":  # what a strong floor leaves behind: samples never denoised
-            series[f"{prefix}never denoised"] = (x, [r["fraction_beyond_diameter"] for r in mine])
-    xlabel = "Tikhonov c" if kind == "tikhonov" else "ln τ (EB floor)"
-    return save_curves(path, series, xlabel=xlabel, ylabel="memorized fraction", logx=kind == "tikhonov",
+    xlabel = {"eb": "EB floor τ"}.get(kind, f"{kind} c")
+    return save_curves(path, series, xlabel=xlabel, ylabel="share of samples", logx=True,
                        title=f"regularized optimum: {kind}")
 
 

@@ -10,13 +10,16 @@ Protocol (one cell = one (ψ_n, ψ_p, seed)):
 - **Training noise is fresh at every step**: each full-batch step draws a new ``η`` (n, d), as the
   authors' code (``Training_random_features``) and DESIGN §1 do; the loss being minimized is thus
   ``E_η L(A)`` over the fixed training points (its gradient is estimated with one draw per point).
-- **Time**: a step ``A ← A - (dt·d²/2)·∂L/∂A`` advances ``τ`` by ``dt``. The GD operator is then
-  ``A ↦ A (I - dt·Δ_t·U/ψ_p)`` with ``U = (1/n) Σ φ_ν φ_νᵀ``, so a mode of ``U`` with eigenvalue
-  ``λ`` relaxes at rate ``Δ_t·λ/ψ_p`` per unit ``τ``: the linear part of ``tanh`` (λ ≈ μ₁²ψ_p)
-  at ``≈ μ₁²Δ_t`` (τ_gen ~ 1/Δ_t), the n nonlinear modes (λ ≈ μ*²ψ_p/ψ_n) at ``≈ μ*²Δ_t/ψ_n``
-  (τ_mem ~ ψ_n/Δ_t). The authors' code reports ``steps × lr`` with lr the plain SGD rate on L,
-  which is ``τ·d²/2`` here. A step is stable while ``dt·Δ_t·λ_max(U)/ψ_p < 2``; cells above
-  ``STABILITY_LIMIT`` are refused before anything runs.
+- **Time**: a step ``A ← A - (dt·d²/2)·∂L/∂A`` advances τ by ``dt``: ``A ↦ A (I - dt·Δ_t·U/ψ_p)``,
+  ``U = (1/n) Σ φ_ν φ_νᵀ``; a mode of U with eigenvalue λ relaxes at ``Δ_t·λ/ψ_p``: the linear part
+  (λ ≈ μ₁²ψ_p) at ``μ₁²Δ_t`` (τ_gen ~ 1/Δ_t). The memorization modes grow with ``v_t²``, the
+  nonlinear part of the feature that survives averaging over the fresh noise (``feature_coefficients``:
+  0.0039 at t = 0.3, 0.0006 at 0.6; not ``μ*² = 0.0274``): rate ∝ ``Δ_t·v_t²/ψ_n``, so
+  ``τ·Δ_t·v_t²/ψ_n`` (``tau_delta_v2_over_psi_n``) is the same across t. The authors' model has no
+  ``1/√p`` (their A is our A/√p); their ``steps × lr`` is ``τ·d²/(2p)``. ``normalization = "none"``
+  trains their model, ``A ← A - dt·∂L/∂A`` (τ = steps × lr; Hessian ``(2Δ_t/d)·U``, rates ∝ ψ_p,
+  timescales ∝ 1/ψ_p as a U-Net's width). Stable while ``lr·(2Δ_t/d)·scale²·λ_max(U) < 2``; cells at
+  or above ``STABILITY_LIMIT`` are refused before anything runs.
 - **Logged** at log-spaced steps: train loss on the training points and test loss on ``m·n`` fresh
   points, both with the same fixed evaluation noise (``m`` draws per training point; common random
   numbers, so the gap is exactly 0 at ``A = 0`` and smooth in τ), and the score error
@@ -37,7 +40,7 @@ The spec (TOML)::
     t = 0.3
     psi_n = [2, 3, 4, 6, 8]    # n = round(ψ_n·d)
     psi_p = [16, 32]           # p = round(ψ_p·d)
-    dt = 2.5                   # time step in τ (refused if dt·Δ_t·λ_max(U)/ψ_p ≥ 1.5)
+    dt = 2.5                   # time step in τ (refused if the GD stability number ≥ 1.5)
     time = 2000.0              # horizon in τ
     eval_points = 30           # log-spaced evaluation steps
     eval_draws = 2             # evaluation noise draws per training point (test set m·n)
@@ -45,6 +48,7 @@ The spec (TOML)::
     onset_threshold = 0.1      # the gap's excess at onset, in units of a_t²
     baseline_factor = 4.0      # the gap's excess is counted from 4·τ_min (0: from τ = 0)
     dtype = "float64"          # or float32
+    normalization = "sqrt_p"   # s_A = A·tanh(Wx/√d)/√p; "none": the authors' A·tanh(Wx/√d), τ = steps × lr
 """
 
 from __future__ import annotations
@@ -57,11 +61,12 @@ import numpy as np
 import torch
 
 from diffmem.denoisers.random_features import (RandomFeatureScore, diffusion_coefficients, dsm_loss,
-                                               dsm_loss_and_gradient, noisy_inputs, score_error)
+                                               dsm_loss_and_gradient, feature_coefficients, noisy_inputs,
+                                               score_error)
 from diffmem.errors import InputError, check_number
 from diffmem.studies.specs import check_name, check_types, read_toml
 
-STABILITY_LIMIT = 1.5  # refuse dt·Δ_t·λ_max(U)/ψ_p above this (GD on a quadratic diverges at 2)
+STABILITY_LIMIT = 1.5  # refuse a stability number (:func:`stability`) above this (GD diverges at 2)
 EVAL_CHUNK = 2048  # rows per evaluation batch (bounds memory at (chunk, p))
 
 
@@ -81,6 +86,7 @@ class RFSettings:
     onset_threshold: float = 0.1
     baseline_factor: float = 4.0
     dtype: str = "float64"  # float64 | float32 (about twice as fast; gaps of 1e-3 stay clean)
+    normalization: str = "sqrt_p"  # sqrt_p (s_A = A·φ/√p) | none (the authors' s_A = A·φ; τ = steps × lr)
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -94,6 +100,8 @@ class RFSettings:
         fix("baseline_factor", check_number("baseline_factor", self.baseline_factor, lo=0, hi=1e6))
         if self.dtype not in ("float64", "float32"):
             raise InputError(f"expected float64 or float32, got {self.dtype!r}", param="dtype")
+        if self.normalization not in ("sqrt_p", "none"):
+            raise InputError(f"expected sqrt_p or none, got {self.normalization!r}", param="normalization")
         fix("psi_n", self._ratios("psi_n"))
         fix("psi_p", self._ratios("psi_p"))
         seeds = self.seeds if isinstance(self.seeds, (list, tuple)) else [self.seeds]
@@ -153,11 +161,8 @@ def parse_rf_spec(path) -> tuple[str, RFSettings]:
 
 
 def stability(cell: dict, settings: RFSettings) -> float:
-    """``dt·Δ_t·λ_max(U)/ψ_p`` for the cell's first training batch (GD diverges at 2).
-
-    ``U = ΦᵀΦ/n`` (p, p) shares its nonzero eigenvalues with the (n, n) Gram ``ΦΦᵀ/n``: the
-    smaller of the two is diagonalized.
-    """
+    """``lr·(2Δ_t/d)·scale²·λ_max(U)`` for the cell's first training batch (GD diverges at 2);
+    ``U = ΦᵀΦ/n`` shares its nonzero eigenvalues with the Gram ``ΦΦᵀ/n``: the smaller is diagonalized."""
     model, x, *_ = _draw(cell, settings)
     gen = torch.Generator().manual_seed(cell["seed"] + 1)
     phi = model.features(noisy_inputs(x, torch.randn(x.shape, generator=gen, dtype=x.dtype), settings.t))
@@ -165,7 +170,7 @@ def stability(cell: dict, settings: RFSettings) -> float:
     gram = phi @ phi.T / n if n <= p else phi.T @ phi / n
     lam_max = float(torch.linalg.eigvalsh(gram)[-1])
     _, delta = diffusion_coefficients(settings.t)
-    return settings.dt * delta * lam_max * cell["d"] / cell["p"]
+    return learning_rate(model, settings.dt) * 2 * delta / cell["d"] * model.scale**2 * lam_max
 
 
 def check_stability(settings: RFSettings) -> dict:
@@ -175,7 +180,7 @@ def check_stability(settings: RFSettings) -> dict:
     worst = max(numbers, key=numbers.get)
     if numbers[worst] >= STABILITY_LIMIT:
         safe = settings.dt * STABILITY_LIMIT / numbers[worst]
-        raise InputError(f"[rf] dt: gradient descent would be unstable at {worst} (dt·Δ_t·λ_max/ψ_p = "
+        raise InputError(f"[rf] dt: gradient descent would be unstable at {worst} (stability number "
                          f"{numbers[worst]:.2f} ≥ {STABILITY_LIMIT}); use dt < {safe:.3g}")
     return numbers
 
@@ -185,7 +190,7 @@ def _draw(cell: dict, settings: RFSettings):
     gen = torch.Generator().manual_seed(cell["seed"])
     d, n, m = cell["d"], cell["n"], settings.eval_draws
     dtype = getattr(torch, settings.dtype)
-    model = RandomFeatureScore(d, cell["p"], generator=gen, dtype=dtype)
+    model = RandomFeatureScore(d, cell["p"], generator=gen, dtype=dtype, normalize=settings.normalization == "sqrt_p")
     draw = lambda rows: torch.randn(rows, d, generator=gen, dtype=torch.float64).to(dtype)  # noqa: E731
     return model, draw(n), draw(m * n), draw(m * n), gen
 
@@ -235,10 +240,15 @@ def simulate(cell: dict, settings: RFSettings) -> dict:
     return {**{k: cell[k] for k in ("name", "d", "n", "p", "psi_n", "psi_p", "seed")}, **curves}
 
 
+def learning_rate(model: RandomFeatureScore, dt: float) -> float:
+    """GD rate on L for a τ-step ``dt``: ``dt·d²/2`` with the ``1/√p``, ``dt`` without (steps × lr)."""
+    return dt * model.d * model.d / 2.0 if model.scale != 1.0 else dt
+
+
 def gd_step(model: RandomFeatureScore, x: torch.Tensor, eta: torch.Tensor, t: float, dt: float) -> None:
-    """One full-batch step that advances τ by ``dt``: ``A ← A - (dt·d²/2)·∂L/∂A`` (in place)."""
+    """One full-batch step that advances τ by ``dt``: ``A ← A - learning_rate·∂L/∂A`` (in place)."""
     _, grad = dsm_loss_and_gradient(model, x, eta, t)
-    model.A -= (dt * model.d * model.d / 2.0) * grad
+    model.A -= learning_rate(model, dt) * grad
 
 
 def gap_onset(tau, gap, test_loss, level: float, baseline_factor: float) -> dict:
@@ -306,16 +316,17 @@ def summarize(cells: list[dict], settings: RFSettings) -> dict:
     ψ_p a fit of the mean onset over seeds against ψ_n, set beside the paper's ``τ ∝ ψ_n/Δ_t``:
     ``fits`` for the onset of the excess gap, ``fits_raw`` for the plain threshold rule."""
     a, delta = diffusion_coefficients(settings.t)
+    coef = feature_coefficients(settings.t)
     keys = ("name", "d", "n", "p", "psi_n", "psi_p", "seed", "tau_onset", "tau_onset_raw", "tau_test_min",
             "tau_ref", "gap_ref")
     rows = [{k: c[k] for k in keys} | {"test_loss_min": min(c["test_loss"]), "final_gap": c["gap"][-1],
                                        "final_train_loss": c["train_loss"][-1]} for c in cells]
-    return {"a_t": a, "delta_t": delta, "loss_floor": a * a, "onset_level": settings.onset_threshold * a * a,
-            "rows": rows, "fits": _fits(rows, settings.psi_p, "tau_onset", delta),
-            "fits_raw": _fits(rows, settings.psi_p, "tau_onset_raw", delta)}
+    return {"a_t": a, "delta_t": delta, **coef, "loss_floor": a * a, "onset_level": settings.onset_threshold * a * a,
+            "rows": rows, "fits": _fits(rows, settings.psi_p, "tau_onset", delta, coef["v_t2"]),
+            "fits_raw": _fits(rows, settings.psi_p, "tau_onset_raw", delta, coef["v_t2"])}
 
 
-def _fits(rows: list[dict], psi_ps, key: str, delta: float) -> dict:
+def _fits(rows: list[dict], psi_ps, key: str, delta: float, v_t2: float) -> dict:
     """Per ψ_p: the mean of ``key`` over seeds at each ψ_n (cells without an onset left out), fitted."""
     fits = {}
     for pp in psi_ps:
@@ -328,6 +339,7 @@ def _fits(rows: list[dict], psi_ps, key: str, delta: float) -> dict:
         fit = fit_onsets(psi, mean)
         fit["psi_n"], fit["tau_onset_mean"] = psi, mean
         fit["tau_delta_over_psi_n"] = [m * delta / v for v, m in zip(psi, mean)]  # constant if τ ∝ ψ_n/Δ_t
+        fit["tau_delta_v2_over_psi_n"] = [m * delta * v_t2 / v for v, m in zip(psi, mean)]  # … ∝ ψ_n/(Δ_t v_t²)
         fits[f"{pp:g}"] = fit
     return fits
 

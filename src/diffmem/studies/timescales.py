@@ -9,16 +9,19 @@ space. From the curves (pure functions, :func:`tau_gen`, :func:`tau_mem`):
     τ_mem = the first training time with f_mem(t) > threshold                       (default 0.03)
     τ_gen = the first training time with FD(t) ≤ FD* + tolerance · (FD_max - FD*),   FD* = min_t FD(t)
 
-both interpolated linearly in log t between the two snapshots that bracket the crossing (snapshots
-are log-spaced). Seed 003 finds τ_mem ∝ n and τ_gen independent of n; :func:`fit_proportional`
-fits ``τ_mem = a·n`` by least squares through the origin (a, its 95 % t-interval, R²) and
-:func:`power_law` the exponent β of ``τ ∝ n^β`` (β ≈ 1 for τ_mem, β ≈ 0 for τ_gen).
-Training time is measured in images seen (``step · batch``; the batch is the same for every n),
-optimizer steps, or epochs (images / n, the collapse variable t/n of seed 003).
+both interpolated linearly in log t between the bracketing snapshots (log-spaced); τ_gen only over
+the snapshots before f_mem first exceeds the threshold (:func:`generalization_window`: a copying
+snapshot's FD is not the generalization plateau). Seed 003: τ_mem ∝ n, τ_gen flat in n;
+:func:`fit_proportional` fits ``τ_mem = a·n`` through the origin (a, 95 % t-interval, R²),
+:func:`power_law` the exponent of ``τ ∝ n^β``. Time: images seen (``step · batch``), steps, or
+epochs (images / n, seed 003's t/n). Seed 003's protocol: ``batch_cap = 512`` (batch min(512, n)),
+``[train] steps`` (one step grid for every n; with full batches ``snapshots = "log:K"`` is that grid),
+``time = "steps"``, ``[axes] "train.seed" = [...]``: rows per (n, seed), ``by_n`` the mean over
+seeds with a t-interval, fits over every run.
 
     OUT/<cell>/                  one run folder per n (as ``diffmem sweep`` makes them)
     OUT/<cell>/timescales.json   its per-snapshot measurements (resumable: kept while the settings hold)
-    OUT/results.json, .csv       one row per n (τ_gen, τ_mem, ...); results.json adds the fits
+    OUT/results.json, .csv       one row per run (τ_gen, τ_mem, ...); results.json adds by_n and the fits
     OUT/curves.csv               every snapshot of every run
     OUT/curves.png, collapse.png, tau_vs_n.png
 """
@@ -42,6 +45,8 @@ from diffmem.errors import InputError, check_number
 from diffmem.progress import Progress
 from diffmem.studies.folders import claim_folder, spec_difference
 from diffmem.studies.specs import check_cells, mode_settings
+from diffmem.studies.taus import (_curve, first_crossing, fit_proportional, generalization_window,  # noqa: F401
+                                  power_law, tau_gen, tau_mem)
 from diffmem.studies.timescales_figures import curves_figure, point_time, tau_figure
 
 TIME_UNITS = ("images", "steps", "epochs")
@@ -60,6 +65,7 @@ class TimescaleSettings:
     tolerance: float = 0.1  # τ_gen: FD within this share of its range above its plateau
     time: str = "images"  # images | steps | epochs
     bootstrap: int = 1000  # resamples of f_mem's CI
+    batch_cap: int = 0  # > 0: each n trains at batch min(batch_cap, n) (seed 003: 512); 0: [train] batch for all
 
     def __post_init__(self):
         fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -68,6 +74,7 @@ class TimescaleSettings:
         fix("threshold", check_number("threshold", self.threshold, lo=0, hi=1, hi_open=True))
         fix("tolerance", check_number("tolerance", self.tolerance, lo=0, hi=1, lo_open=True, hi_open=True))
         fix("bootstrap", check_number("bootstrap", self.bootstrap, lo=1, hi=10**7, integer=True))
+        fix("batch_cap", check_number("batch_cap", self.batch_cap, lo=0, hi=10**7, integer=True))
         if self.time not in TIME_UNITS:
             raise InputError(f"expected one of {', '.join(TIME_UNITS)}, got {self.time!r}", param="time")
         if not isinstance(self.features, str) or not self.features.strip():
@@ -79,103 +86,49 @@ class TimescaleSettings:
 
 
 # ---------------------------------------------------------------------------------------------
-# τ from curves: pure functions of (times, values).
-
-
-def _curve(times, values) -> tuple[np.ndarray, np.ndarray]:
-    t, v = np.asarray(times, dtype=float), np.asarray(values, dtype=float)
-    if t.ndim != 1 or t.shape != v.shape or len(t) == 0:
-        raise InputError(f"times and values must be equal-length 1-D, got {t.shape} and {v.shape}", param="times")
-    if not (np.isfinite(t).all() and np.isfinite(v).all()) or (t <= 0).any() or (np.diff(t) <= 0).any():
-        raise InputError("times must be positive and increasing, values finite", param="times")
-    return t, v
-
-
-def first_crossing(times, values, level: float, *, above: bool = True) -> float | None:
-    """The first time the curve passes ``level``: the first point ``i`` with ``v_i > level`` (or
-    ``v_i ≤ level`` when ``above`` is False), interpolated linearly in ``log t`` from point ``i-1``:
-
-        log τ = log t_{i-1} + (level - v_{i-1}) / (v_i - v_{i-1}) · (log t_i - log t_{i-1}).
-
-    ``t_0`` when the first point already passes (an upper bound), None when no point does."""
-    t, v = _curve(times, values)
-    passed = v > level if above else v <= level
-    if not passed.any():
-        return None
-    i = int(np.argmax(passed))
-    if i == 0:
-        return float(t[0])
-    frac = (level - v[i - 1]) / (v[i] - v[i - 1])
-    return float(np.exp(np.log(t[i - 1]) + frac * (np.log(t[i]) - np.log(t[i - 1]))))
-
-
-def tau_mem(times, f_mem, threshold: float = 0.03) -> float | None:
-    """τ_mem: the first time the memorized fraction exceeds ``threshold`` (None: never)."""
-    return first_crossing(times, f_mem, threshold, above=True)
-
-
-def tau_gen(times, fd, tolerance: float = 0.1) -> float | None:
-    """τ_gen: the first time the FD (lower is better) is within ``tolerance`` of its range above its
-    plateau ``FD* = min FD``, i.e. ``FD(t) ≤ FD* + tolerance · (max FD - FD*)``."""
-    _, v = _curve(times, fd)
-    plateau = float(v.min())
-    return first_crossing(times, fd, plateau + tolerance * (float(v.max()) - plateau), above=False)
-
-
-def fit_proportional(n, tau, confidence: float = 0.95) -> dict:
-    """Least squares through the origin, ``τ = a·n``:
-
-        a = Σ n_i τ_i / Σ n_i²,   s² = Σ (τ_i - a n_i)² / (k - 1),   se(a) = s / √(Σ n_i²),
-        interval = a ± t_{(1+confidence)/2, k-1} · se(a),   R² = 1 - Σ (τ_i - a n_i)² / Σ (τ_i - τ̄)².
-
-    Needs k ≥ 2 points. Returns dict(a, interval, r2, k)."""
-    n, tau = np.asarray(n, dtype=float), np.asarray(tau, dtype=float)
-    k = len(n)
-    if k < 2:
-        raise InputError(f"a fit needs at least 2 sizes with a τ, got {k}", param="sizes")
-    a = float((n * tau).sum() / (n * n).sum())
-    resid = tau - a * n
-    se = math.sqrt(float((resid**2).sum()) / (k - 1) / float((n * n).sum()))
-    half = float(scipy.stats.t.ppf((1 + confidence) / 2, k - 1)) * se
-    total = float(((tau - tau.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / total if total > 0 else float("nan")
-    return dict(a=a, interval=[a - half, a + half], r2=r2, k=k)
-
-
-def power_law(n, tau, confidence: float = 0.95) -> dict:
-    """The exponent β of ``τ ∝ n^β``: the slope of ``log τ`` on ``log n`` (scipy's linregress), its
-    t-interval (k - 2 degrees of freedom; None for k = 2) and the p-value of β = 0."""
-    n, tau = np.asarray(n, dtype=float), np.asarray(tau, dtype=float)
-    if len(n) < 2:
-        raise InputError(f"a fit needs at least 2 sizes with a τ, got {len(n)}", param="sizes")
-    k = len(n)
-    if np.ptp(np.log(tau)) == 0:  # a constant τ: β = 0 exactly (linregress would return NaNs)
-        return dict(beta=0.0, interval=[0.0, 0.0] if k >= 3 else None, p_value=1.0 if k >= 3 else None, k=k)
-    fit = scipy.stats.linregress(np.log(n), np.log(tau))
-    if k < 3:
-        return dict(beta=float(fit.slope), interval=None, p_value=None, k=k)
-    half = float(scipy.stats.t.ppf((1 + confidence) / 2, k - 2)) * float(fit.stderr)
-    return dict(beta=float(fit.slope), interval=[fit.slope - half, fit.slope + half], p_value=float(fit.pvalue), k=k)
+# τ from curves (the pure functions live in diffmem.studies.taus) and the analysis.
 
 
 def analyze(curves: dict, settings: TimescaleSettings) -> dict:
-    """Rows (one per n) and fits from ``{n: [snapshot points]}`` (points as :func:`measure_snapshot`
-    returns them; time in ``settings.time``)."""
+    """Rows (one per run), ``by_n`` (mean over seeds) and fits from ``{n or (n, seed): [snapshot
+    points]}`` (points as :func:`measure_snapshot` returns them; time in ``settings.time``)."""
     rows = []
-    for n in sorted(curves):
-        points = sorted(curves[n], key=lambda p: p["step"])
+    curves = {k if isinstance(k, tuple) else (k, None): v for k, v in curves.items()}  # keys (n, seed)
+    for n, seed in sorted(curves, key=lambda k: (k[0], k[1] or 0)):
+        points = sorted(curves[(n, seed)], key=lambda p: p["step"])
         t = [point_time(p, settings.time) for p in points]
         f, fd = [p["f_mem"] for p in points], [p["fd"] for p in points]
-        rows.append(dict(n=n, tau_gen=tau_gen(t, fd, settings.tolerance), tau_mem=tau_mem(t, f, settings.threshold),
-                         fd_plateau=min(fd), f_mem_final=f[-1], f_mem_max=max(f), time_final=t[-1],
+        k = generalization_window(f, settings.threshold)  # τ_gen only from snapshots that do not copy yet
+        rows.append(dict(n=n, seed=seed, tau_gen=tau_gen(t[:k], fd[:k], settings.tolerance) if k >= 2 else None,
+                         tau_mem=tau_mem(t, f, settings.threshold), fd_plateau=min(fd[:k]) if k else None,
+                         snapshots_before_mem=k, f_mem_final=f[-1], f_mem_max=max(f), time_final=t[-1],
                          snapshots=len(points), unit=settings.time))
     fits = {}
     for key in ("tau_mem", "tau_gen"):
         ok = [r for r in rows if r[key] is not None]
-        if len(ok) >= 2:
+        if len({r["n"] for r in ok}) >= 2:
             ns, taus = [r["n"] for r in ok], [r[key] for r in ok]
             fits[key] = dict(proportional=fit_proportional(ns, taus), power_law=power_law(ns, taus), sizes=ns)
-    return dict(rows=rows, fits=fits, settings=dataclasses.asdict(settings), summary=summary_line(rows, fits, settings))
+    return dict(rows=rows, by_n=by_size(rows), fits=fits, settings=dataclasses.asdict(settings),
+                summary=summary_line(rows, fits, settings))
+
+
+def by_size(rows: list[dict], confidence: float = 0.95) -> list[dict]:
+    """Per n: runs; τ_mem, τ_gen, τ_mem/n: mean over the runs that reached it, t-interval (≥ 2), count."""
+    out = []
+    for n in sorted({r["n"] for r in rows}):
+        mine = [r for r in rows if r["n"] == n]
+        row = {"n": n, "runs": len(mine)}
+        for key, scale in (("tau_mem", 1), ("tau_gen", 1), ("tau_mem_over_n", n)):
+            v = np.array([r[key.replace("_over_n", "")] / scale for r in mine
+                          if r[key.replace("_over_n", "")] is not None], dtype=float)
+            half = (float(scipy.stats.t.ppf((1 + confidence) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+                    if len(v) >= 2 else None)
+            row[key] = float(v.mean()) if len(v) else None
+            row[f"{key}_ci95"] = [row[key] - half, row[key] + half] if half is not None else None
+            row[f"{key}_reached"] = int(len(v))
+        out.append(row)
+    return out
 
 
 def summary_line(rows: list[dict], fits: dict, settings: TimescaleSettings) -> str:
@@ -186,7 +139,7 @@ def summary_line(rows: list[dict], fits: dict, settings: TimescaleSettings) -> s
         parts.append(f"τ_mem = a·n with a = {p['a']:.4g} ({unit} per training image) [{p['interval'][0]:.4g}, "
                      f"{p['interval'][1]:.4g}], R² = {p['r2']:.3f} (τ_mem ∝ n^{b['beta']:.2f})")
     else:
-        never = [r["n"] for r in rows if r["tau_mem"] is None]
+        never = sorted({r["n"] for r in rows if r["tau_mem"] is None})
         parts.append(f"τ_mem not reached (f_mem ≤ {settings.threshold:g}) at n = {never}")
     if "tau_gen" in fits:
         b = fits["tau_gen"]["power_law"]
@@ -289,12 +242,14 @@ def _read_curve(path: Path) -> dict:
 
 def settings_of(spec) -> TimescaleSettings:
     """The spec's ``[timescales]`` table validated (errors name the file and the key); the spec must
-    vary ``size`` (≥ 2 values) and nothing else, at one batch no larger than its smallest size."""
+    vary ``size`` (≥ 2 values), optionally ``seed``, and nothing else, at one batch no larger than its
+    smallest size (unless ``batch_cap`` sets the batch per n)."""
     settings = mode_settings(spec, TimescaleSettings)
-    if list(spec.axes) != ["data.size"] or len(spec.axes["data.size"]) < 2:
-        raise InputError(f"{spec.path}: [axes] size: a timescales spec varies size (at least 2 values) and nothing else")
+    if sorted(set(spec.axes) - {"train.seed"}) != ["data.size"] or len(spec.axes["data.size"]) < 2:
+        raise InputError(f"{spec.path}: [axes] size: a timescales spec varies size (at least 2 values), "
+                         f"optionally seed, and nothing else")
     batch = spec.cells()[0].train.batch
-    if batch > min(spec.axes["data.size"]):
+    if not settings.batch_cap and batch > min(spec.axes["data.size"]):
         raise InputError(f"{spec.path}: [train] batch: {batch} is larger than the smallest size "
                          f"{min(spec.axes['data.size'])}; one fixed batch ≤ every n keeps time comparable")
     return settings
@@ -307,10 +262,11 @@ def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout, repo
     from diffmem.studies.sweep import train_dataset
 
     dataset = make_dataset(cell.data)
-    train_dataset(cell.train, dataset, Path(folder), recipe=cell.data)
+    config = cell.train.replace(batch=min(settings.batch_cap, cell.data.size)) if settings.batch_cap else cell.train
+    train_dataset(config, dataset, Path(folder), recipe=cell.data)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if report else None
-    return dict(n=cell.data.size, points=measure_run(folder, dataset, heldout, settings, source=cell.data.source,
-                                                     log=log))
+    return dict(n=cell.data.size, seed=config.seed,
+                points=measure_run(folder, dataset, heldout, settings, source=cell.data.source, log=log))
 
 
 def _check_features(spec, settings: TimescaleSettings, heldout, source: str) -> None:
@@ -348,7 +304,7 @@ def run_timescales(spec, out=None, *, engine="local", workers: int = 1, threads:
     jobs = [(c.name, job_timescales, (c, settings, str(out / c.name), heldout, report)) for c in cells]
     curves, runs = {}, Progress(len(jobs), enabled=report, echo=log)
     for key, result in as_engine(engine).run(jobs, workers=workers, threads=threads, out=out):
-        curves[result["n"]] = result["points"]
+        curves[(result["n"], result["seed"])] = result["points"]
         runs.done(f"{key}: {len(result['points'])} snapshots measured")
     result = analyze(curves, settings)
     write_results(out, result, curves, spec)
@@ -362,12 +318,25 @@ def run(spec, out=None, *, engine="local", workers: int = 1, threads: int | None
 
     spec = _spec(spec)
     result = run_timescales(spec, out, engine=engine, workers=workers, threads=threads, log=log, progress=progress)
-    fmt = lambda v: "never" if v is None else f"{v:.4g}"  # noqa: E731
-    lines = [f"n = {row['n']:>6}: tau_gen {fmt(row['tau_gen'])}, tau_mem {fmt(row['tau_mem'])} "
-             f"{result['settings']['time']}; f_mem at the end {row['f_mem_final']:.3f}" for row in result["rows"]]
+    lines = _lines(result)
     folder = Path(out if out is not None else spec.name)
     return StudyResult("timescales", folder, result["rows"], [*lines, result["summary"], f"results in {folder / RESULT_FILE}"],
                        result)
+
+
+def _lines(result: dict) -> list[str]:
+    """One line per run (with its seed), and per n with several runs the means and t-intervals."""
+    fmt, unit, lines = (lambda v: "never" if v is None else f"{v:.4g}"), result["settings"]["time"], []
+    for row in result["rows"]:
+        seed = "" if row["seed"] is None else f" seed {row['seed']}"
+        lines.append(f"n = {row['n']:>6}{seed}: tau_gen {fmt(row['tau_gen'])}, tau_mem {fmt(row['tau_mem'])} {unit}; "
+                     f"f_mem at the end {row['f_mem_final']:.3f}")
+    for row in (r for r in result["by_n"] if r["runs"] > 1):
+        ci = lambda k: "" if row[f"{k}_ci95"] is None else " [{:.4g}, {:.4g}]".format(*row[f"{k}_ci95"])  # noqa: E731
+        lines.append(f"n = {row['n']:>6}, mean of {row['runs']} runs: tau_gen {fmt(row['tau_gen'])}{ci('tau_gen')} "
+                     f"({row['tau_gen_reached']} reached), tau_mem {fmt(row['tau_mem'])}{ci('tau_mem')} "
+                     f"({row['tau_mem_reached']} reached), tau_mem/n {fmt(row['tau_mem_over_n'])}{ci('tau_mem_over_n')}")
+    return lines
 
 
 def _spec(spec):
@@ -390,13 +359,14 @@ def write_results(out: Path, result: dict, curves: dict, spec=None) -> None:
     """results.json (rows, fits, settings, summary), results.csv, curves.csv and the figures."""
     write_json(out / RESULT_FILE, {"spec": getattr(spec, "path", None), **result}, allow_nan=False)
     write_text(out / TABLE_CSV, _csv(result["rows"]))
-    flat = [dict(n=n, time=point_time(p, result["settings"]["time"]), **{k: v for k, v in p.items() if k != "n"})
-            for n in sorted(curves) for p in curves[n]]
+    flat = [dict(n=n, seed=seed, time=point_time(p, result["settings"]["time"]), **{k: v for k, v in p.items() if k != "n"})
+            for (n, seed), points in ((k if isinstance(k, tuple) else (k, None), v) for k, v in curves.items())
+            for p in points]
     write_text(out / CURVES_CSV, _csv(flat))
     from diffmem.plots import save_figure
 
-    save_figure(curves_figure(curves, result, collapse=False), out / "curves.png")
-    save_figure(curves_figure(curves, result, collapse=True), out / "collapse.png")
+    save_figure(curves_figure(flat, result, collapse=False), out / "curves.png")
+    save_figure(curves_figure(flat, result, collapse=True), out / "collapse.png")
     save_figure(tau_figure(result), out / "tau_vs_n.png")
 
 
