@@ -12,6 +12,7 @@ from diffmem.studies.report import make_report
 def _sweep(folder, name, mode, knobs, seeds=None, results=None):
     folder.mkdir(parents=True)
     (folder / "sweep.json").write_text(json.dumps({"name": name, "mode": mode, "cells": [{"name": "c", "knobs": knobs}]}))
+    (folder / "c").mkdir()
     if seeds is not None:
         (folder / "seeds.json").write_text(json.dumps(seeds))
     (folder / "results.json").write_text(json.dumps(results or []))
@@ -51,3 +52,10 @@ def test_the_study_report_draws_one_summary_figure(study):
     index = make_report(study)
     page = index.read_text()
     assert "factors.png" in {p.name for p in index.parent.iterdir()} and "weight_decay=0.1" in page
+
+
+def test_a_seeded_sweep_report_plots_the_seed_mean_against_its_factor(study):
+    index = make_report(study / "weight_decay")
+    assert (index.parent / "seeds_vs_factor.png").exists()
+    assert "Over training seeds" in index.read_text()
+    assert not (make_report(study / "conditioning").parent / "seeds_vs_factor.png").exists()  # no seed axis

@@ -204,12 +204,10 @@ def sweep_report(folder: Path, out: Path) -> Report:
     sweep = json.loads((folder / "sweep.json").read_text())
     rows = json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else []
     report = Report(f"Sweep {sweep['name']} ({sweep['mode']})", table=rows)
-    if (folder / "seeds.json").exists():  # intervals with the training-seed spread beside the sampling CIs
-        report.tables.append(("Over training seeds (seed_ci_width: Student-t interval over seeds; "
-                              "sampling_ci_width: mean bootstrap CI of one run)",
-                              json.loads((folder / "seeds.json").read_text())))
     cells = [c for c in sweep["cells"] if (folder / c["name"]).is_dir()]
     knobs = list(cells[0]["knobs"]) if cells else []
+    if (folder / "seeds.json").exists():  # intervals with the training-seed spread beside the sampling CIs
+        _seeds_section(report, out, json.loads((folder / "seeds.json").read_text()), sweep["mode"], knobs)
     if sweep["mode"] == "emm":
         estimates = {c["name"]: json.loads((folder / c["name"] / "emm.json").read_text())
                      for c in cells if (folder / c["name"] / "emm.json").exists()}
@@ -233,6 +231,19 @@ def sweep_report(folder: Path, out: Path) -> Report:
                 [r[knobs[0]] for r in rows], [r["max_ratio"] for r in rows], [r["ci_lo"] for r in rows],
                 [r["ci_hi"] for r in rows], xlabel=knobs[0], ylabel="highest memorization ratio"))
     return report
+
+
+def _seeds_section(report: Report, out: Path, rows: list[dict], mode: str, knobs: list[str]) -> None:
+    """The table over training seeds and, with one factor besides the seed, its value vs the factor."""
+    report.tables.append(("Over training seeds (ci_lo/ci_hi: Student-t 95 % interval over seeds; "
+                          "sampling_ci_width: mean bootstrap CI of one run)", rows))
+    factors = [k for k in knobs if k != "seed"]
+    if len(factors) != 1 or not rows:
+        return
+    key, (value, lo, hi) = factors[0], (("emm", "emm_lo", "emm_hi") if mode == "emm" else ("max_ratio", "ci_lo", "ci_hi"))
+    _add(report, out, "seeds_vs_factor.png", f"{value} vs {key}, mean over training seeds (95 % interval over seeds)",
+         value_plot([r[key] for r in rows], [r[value] for r in rows], [r[lo] for r in rows], [r[hi] for r in rows],
+                    xlabel=key, ylabel="EMM (|D|)" if mode == "emm" else "highest memorization ratio"))
 
 
 # ---------------------------------------------------------------------------------------------
