@@ -181,7 +181,7 @@ def _bad_models(root):
             (root / "other", "only UNet2DModel"), (root / "nosched", "scheduler_config.json"),
             (root / "pickled", "allow_pickle"), (root / "text.pt", "not a TorchScript"),
             (root / "noshape.pt", "shape"), (root / "onearg.pt", "fails on a test input"),
-            (root / "flat.pt", "returns (2, 16)")]
+            (root / "flat.pt", "returns (3, 16)")]
 
 
 def test_bad_models_are_refused_in_one_line(tmp_path, run_cli):

@@ -235,7 +235,7 @@ def test_bad_input_is_one_line_and_exit_2(files, run_cli, tmp_path):
         ([tmp_path / "nothing", *base], "MODEL-or-SAMPLES", "no such"),
         ([gen, *base, "--fail-above", "1.5"], "--fail-above", "<= 1"),
         ([gen, *base, "--gate", "vibes"], "--gate", "unknown criterion"),
-        ([gen, *base, "--gate", "copying"], "--gate", "did not run"),
+        ([gen, *base, "--gate", "copying"], "--gate", "cannot run"),
         ([gen, *base, "--num", "0"], "--num", ">= 1"),
         ([gen, *base, "--memory-limit", "1KiB"], "--memory-limit", "16MiB"),
         ([gen, "--train", files / "missing.npy", "--out", tmp_path / "o"], "--train", "no such"),

@@ -136,7 +136,9 @@ def test_select_measures_and_caches(tiny_run, run_cli, monkeypatch):
 
     monkeypatch.setattr(ts, "measure_snapshot", lambda *a, **k: pytest.fail("re-measured a cached snapshot"))
     cache = json.loads((tiny_run / "timescales.json").read_text())
-    assert cache["settings"] == dict(samples=12, heldout=20, features="pixels", bootstrap=50)
+    measured = {k: cache["settings"][k] for k in ("samples", "heldout", "features", "bootstrap")}
+    assert measured == dict(samples=12, heldout=20, features="pixels", bootstrap=50)
+    assert {"train_sha256", "heldout_sha256"} <= set(cache["settings"])  # keyed on the sets too
     flags = ["--features", "pixels", "--samples", "12", "--num-heldout", "20"]
     cache["settings"]["bootstrap"] = 1000  # the CLI's default
     for p in cache["points"]:

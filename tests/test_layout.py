@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "diffmem"
 # Bottom to top. A module sits on the floor of its longest matching prefix; it may import from its
 # own floor (without a cycle) and from any floor below, never from one above.
 FLOORS = [
-    ("diffmem.errors", "diffmem.atomic", "diffmem.rng"),
+    ("diffmem.errors", "diffmem.atomic", "diffmem.rng", "diffmem.progress"),
     ("diffmem.data",),
     ("diffmem.denoisers",),
     ("diffmem.sampling", "diffmem.losses", "diffmem.schedules", "diffmem.plots", "diffmem.pages"),

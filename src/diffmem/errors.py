@@ -30,9 +30,12 @@ def check_number(param: str, value, *, lo: float | None = None, hi: float | None
                  lo_open: bool = False, hi_open: bool = False, integer: bool = False):
     """``value`` as a finite int/float inside the given bounds, else InputError naming ``param``.
 
-    NaN, ±inf and values that overflowed on parsing (``1e400``) are refused whatever the bounds.
+    NaN, ±inf and values that overflowed on parsing (``1e400``) are refused whatever the bounds;
+    so are booleans (a spec's ``lr = true`` is not the number 1).
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        raise InputError(f"must be a {'whole ' if integer else ''}number, got {str(value).lower()}", param=param)
+    if not isinstance(value, (int, float)):
         try:
             value = float(value) if not integer else int(value)
         except (TypeError, ValueError, OverflowError):

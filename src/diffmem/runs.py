@@ -26,7 +26,8 @@ from safetensors.torch import save_file
 
 from diffmem.atomic import atomic_path, write_json, write_text
 from diffmem.config import TrainConfig
-from diffmem.denoisers.adapters import check_denoiser, is_run, load_diffusers, load_torchscript
+from diffmem.denoisers.adapters import is_run, load_diffusers, load_torchscript
+from diffmem.denoisers.probe import check_denoiser
 from diffmem.errors import InputError
 
 SNAPSHOT_FORMAT = "diffmem-snapshot/1"
@@ -120,9 +121,34 @@ def read_snapshot(path: Path, param: str = "network") -> tuple[dict[str, torch.T
         raise InputError(f"{path}: not a readable snapshot ({type(err).__name__}: {err})", param=param) from None
     if metadata.get("format") != SNAPSHOT_FORMAT:
         raise InputError(f"{path}: not a diffmem snapshot (metadata format {metadata.get('format')!r})", param=param)
-    metadata["config"] = json.loads(metadata["config"])
-    metadata["step"], metadata["epoch"] = int(metadata["step"]), int(metadata["epoch"])
+    try:
+        metadata["config"] = json.loads(metadata["config"])
+        metadata["step"], metadata["epoch"] = int(metadata["step"]), int(metadata["epoch"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise InputError(f"{path}: damaged snapshot metadata ({type(err).__name__}: {err})", param=param) from None
+    if not isinstance(metadata["config"], dict):
+        raise InputError(f"{path}: damaged snapshot metadata (its config is not a JSON object)", param=param)
     return tensors, metadata
+
+
+def _network_of(record: dict, path: Path, param: str):
+    """(TrainConfig, network keywords) of a snapshot's record; a damaged record names the file."""
+    from diffmem.denoisers.probe import check_model_shape
+
+    try:
+        config = TrainConfig.from_dict(record)
+        shape = [record["in_channels"], record["resolution"], record["resolution"]]
+        dim = record.get("dim", 0)
+        check_model_shape([dim] if dim else shape, "dim" if dim else "in_channels/resolution", param)
+        num_classes = record["num_classes"]
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 0 <= num_classes <= 1 << 20:
+            raise InputError(f"num_classes {num_classes!r} is not a whole number of classes", param="num_classes")
+    except (InputError, KeyError, TypeError) as err:
+        detail = f"{err.param}: {err.detail}" if isinstance(err, InputError) and err.param != param else \
+            err.detail if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+        raise InputError(f"{path}: damaged run record in the snapshot ({detail})", param=param) from None
+    return config, dict(resolution=record["resolution"], in_channels=record["in_channels"],
+                        num_classes=num_classes, dim=dim)
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -204,14 +230,16 @@ def load_run(path, *, device="cpu", param: str = "network") -> LoadedRun:
         raise InputError(f"{path}: no such run folder or snapshot file", param=param)
     tensors, meta = read_snapshot(path, param)
     record = meta["config"]
-    config = TrainConfig.from_dict(record)
-    D = build_denoiser(config, resolution=record["resolution"], in_channels=record["in_channels"],
-                       num_classes=record["num_classes"], dim=record.get("dim", 0))
+    config, shape = _network_of(record, path, param)
     try:
+        D = build_denoiser(config, **shape)
         D.net.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise InputError(f"{path}: weights do not fit the network in its config ({err})", param=param) from None
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:
+        text = " ".join(str(err).split())[:300]
+        raise InputError(f"{path}: weights do not fit the network in its config ({type(err).__name__}: {text})",
+                         param=param) from None
     D = D.to(device).eval().requires_grad_(False)
+    check_denoiser(D, path, param, device)  # finite output of the right shape, or refused now
     return LoadedRun(D, config, record, meta["epoch"], meta["step"], path)
 
 
@@ -221,11 +249,23 @@ def load_denoiser(path, *, device="cpu", allow_pickle: bool = False, timestep: s
     (:func:`load_run`), a diffusers folder (:func:`~diffmem.denoisers.adapters.load_diffusers`) or a
     TorchScript file (:func:`~diffmem.denoisers.adapters.load_torchscript`). Checked on one test
     input; anything else is an InputError naming ``param``."""
+    import os
+
+    from diffmem.denoisers.adapters import TIMESTEP_MODES
+
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise InputError(f"expected a model folder or file path, got {path!r}", param=param)
+    if timestep not in TIMESTEP_MODES:
+        raise InputError(f"expected one of {', '.join(TIMESTEP_MODES)}, got {timestep!r}", param="timestep")
+    if not isinstance(allow_pickle, bool):
+        raise InputError(f"expected True or False, got {allow_pickle!r}", param="allow_pickle")
+    if not (isinstance(device, torch.device) or isinstance(device, str) and device.split(":")[0] in ("cpu", "cuda")):
+        raise InputError(f"expected cpu or cuda[:N], got {device!r}", param="device")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such model folder or file", param=param)
     if is_run(path):
-        D = load_run(path, device=device, param=param).denoiser
+        return load_run(path, device=device, param=param).denoiser  # checked by load_run
     elif path.is_dir():
         if not ((path / "config.json").is_file() or (path / "model_index.json").is_file()):
             raise InputError(f"{path}: model folder without config.json (neither a diffmem run nor a diffusers "

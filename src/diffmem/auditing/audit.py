@@ -127,7 +127,7 @@ class AuditResult:
 
 
 def _check_options(num, threshold, gate, fail_above, memory_limit, seed, tiles, membership_method):
-    num = check_number("num", num, lo=1, integer=True)
+    num = check_number("num", num, lo=1, hi=10**7, integer=True)
     if tiles is not None:
         check_number("tiles", tiles, lo=1, integer=True)
     if membership_method not in ("loss", "secmi"):
@@ -146,7 +146,8 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
           threshold: float = DEFAULT_THRESHOLD,
           gate: str = "pixel", fail_above: float | None = None, out=None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
           device: str | None = None, seed: int = 0, steps: int = 18, progress: bool = False,
-          allow_pickle: bool = False, tiles: int | None = None, membership_method: str = "loss") -> AuditResult:
+          allow_pickle: bool = False, tiles: int | None = None, membership_method: str = "loss",
+          report: bool | None = None) -> AuditResult:
     """Audit generated samples (or a model, sampled ``num`` times) against the training set ``train``.
 
     ``train`` and ``heldout`` are paths (PNG folder, ``.npz``, ``.npy``, EDM ``.zip``, ...) or
@@ -157,11 +158,13 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
     ``fail_above`` (a fraction in [0, 1]) applies to; ``memory_limit`` bytes for reading the
     training set and the neighbour search; ``seed`` for sampling and bootstraps; ``steps`` the Heun
     steps of sampling a model; ``tiles`` a G × G grid for Carlini et al.'s tiled extraction distance
-    (large images); ``membership_method`` ``loss`` or ``secmi``. Bad input raises
+    (large images); ``membership_method`` ``loss`` or ``secmi``. ``progress``: progress bars;
+    ``report`` (default: ``progress``): a line on stderr as each criterion finishes. Bad input raises
     :class:`~diffmem.errors.InputError` naming the parameter.
     """
     num, threshold, fail_above, memory_limit, seed = _check_options(num, threshold, gate, fail_above,
                                                                     memory_limit, seed, tiles, membership_method)
+    steps = check_number("steps", steps, lo=1, hi=10_000, integer=True)
     created = out is not None and str(out).strip() != "" and not Path(out).exists()
     if out is not None:
         out = prepare_output(out, kind="folder", names=OUTPUTS)
@@ -175,11 +178,16 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
                              param="heldout")
         gen = resolve_generated(model_or_samples, train_set, num=num, seed=seed, steps=steps, device=device or "cpu",
                                 progress=progress, allow_pickle=allow_pickle)
+        _check_features(features, source, train_set, device or "cpu")  # before any criterion reports
+        _check_gate(gate, features, held, gen.denoiser)
+        if tiles is not None and (len(train_set.shape) != 3 or train_set.shape[1] % tiles or train_set.shape[2] % tiles):
+            raise InputError(f"images of shape {tuple(train_set.shape)} cannot be cut into {tiles} x {tiles} equal "
+                             "tiles", param="tiles")
         ctx = AuditInputs(train=train_set, generated=gen.images, heldout=held, denoiser=gen.denoiser,
                           features=features, source=source, threshold=threshold, memory_limit=memory_limit,
                           device=device or "cpu", seed=seed, progress=progress, cache=cache, tiles=tiles,
                           membership_method=membership_method)
-        return _finish(ctx, gate, fail_above, out)
+        return _finish(ctx, gate, fail_above, out, progress if report is None else report)
     except BaseException:
         if created:  # bad input (or an interruption) leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
@@ -190,9 +198,35 @@ def audit(model_or_samples, train, heldout=None, *, num: int = 1000, features=No
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _finish(ctx: AuditInputs, gate: str, fail_above: float | None, out: Path | None) -> AuditResult:
+def _check_gate(gate: str, features, heldout, denoiser) -> None:
+    """The gate's inputs are there (else the audit would run every criterion, then refuse)."""
+    needs = {"features": (features is not None, "no feature space given (--features)"),
+             "replication": (features is not None, "no feature space given (--features)"),
+             "copying": (heldout is not None, "needs held-out images (--heldout)"),
+             "membership": (denoiser is not None and heldout is not None,
+                            "needs a model, not samples" if denoiser is None else "needs held-out images (--heldout)")}
+    ok, why = needs.get(gate, (True, ""))
+    if not ok:
+        raise InputError(f"the gate criterion {gate} cannot run ({gate}: skipped, {why})", param="gate")
+
+
+def _check_features(features, source, train_set, device) -> None:
+    """A feature space that cannot work is refused before the first criterion runs (and reports):
+    the classifier needs its source; a TorchScript file is tried on a few training images."""
+    from diffmem.metrics.features import ClassifierFeatures, check_extractor, load_features, parse_features
+
+    if features is None or not isinstance(features, str):
+        return
+    kind, _ = parse_features(features)
+    if kind == "classifier":
+        ClassifierFeatures(source, device)
+    elif kind not in ("pixels", "pca"):
+        check_extractor(load_features(features, device=device), np.asarray(train_set.images[:32]))
+
+
+def _finish(ctx: AuditInputs, gate: str, fail_above: float | None, out: Path | None, report: bool) -> AuditResult:
     """Run the criteria, check the gate ran, write the outputs."""
-    result = AuditResult(_run_criteria(ctx), len(ctx.generated), len(ctx.train), gate, fail_above,
+    result = AuditResult(_run_criteria(ctx, report), len(ctx.generated), len(ctx.train), gate, fail_above,
                          ctx.denoiser is not None)
     if not result.criterion(gate).ran:
         raise InputError(f"the gate criterion {gate} did not run ({result.criterion(gate).explanation})",
@@ -215,11 +249,12 @@ def _open(source, what: str, memory_limit: int, cache: Path, progress: bool, ope
     return in_memory_set(source, what)
 
 
-def _run_criteria(ctx: AuditInputs) -> list[Criterion]:
-    """Each criterion in turn (progress lines on stderr name the stage)."""
-    results = []
-    for i, (name, fn) in enumerate(CRITERIA, 1):
-        if ctx.progress:
-            print(f"audit: [{i}/{len(CRITERIA)}] {name}", file=sys.stderr, flush=True)
+def _run_criteria(ctx: AuditInputs, report: bool = False) -> list[Criterion]:
+    """Each criterion in turn; with ``report``, a line on stderr as each finishes (:mod:`diffmem.progress`)."""
+    from diffmem.progress import Progress
+
+    results, progress = [], Progress(len(CRITERIA), enabled=report)
+    for name, fn in CRITERIA:
         results.append(fn(ctx))
+        progress.done(f"audit {name}: {results[-1].explanation}")
     return results

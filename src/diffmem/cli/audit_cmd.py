@@ -13,6 +13,8 @@ import sys
 
 import click
 
+from diffmem.progress import progress_enabled
+
 from diffmem.cli.options import parse_bytes, parse_fraction, resolve_device
 from diffmem.errors import InputError
 
@@ -59,7 +61,7 @@ def bound_malloc(threshold: int = 128 * 1024) -> bool:
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled model files (trusted files only).")
 @click.option("--out", "out_dir", required=True, help="New folder for the report, tables and audit.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print audit.json's content on stdout instead of the verdict.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars with ETA on stderr [when a terminal].")
+@click.option("--progress/--no-progress", default=None, help="A line on stderr as each criterion finishes [on unless $CI is set]; progress bars [when a terminal].")
 def audit_cmd(model_or_samples, train_path, heldout, features, source, num, steps, threshold, gate, fail_above,
               tiles, membership_method, memory_limit, device, seed, allow_pickle, out_dir, as_json, progress):
     """Audit a model (sampled --num times) or a set of samples against --train; print one verdict
@@ -76,7 +78,8 @@ def audit_cmd(model_or_samples, train_path, heldout, features, source, num, step
                        threshold=threshold, gate=gate, fail_above=fail_above, out=out_dir, memory_limit=limit,
                        device=device, seed=seed, steps=steps, allow_pickle=allow_pickle, tiles=tiles,
                        membership_method=membership_method,
-                       progress=sys.stderr.isatty() if progress is None else progress)
+                       progress=sys.stderr.isatty() if progress is None else progress,
+                       report=progress_enabled(progress))
     except InputError as err:
         if err.param in _POSITIONAL:  # the argument has no flag: name it as the usage line does
             raise InputError(f"MODEL-or-SAMPLES: {err.detail}") from None

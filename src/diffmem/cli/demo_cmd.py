@@ -40,6 +40,7 @@ def demo_cmd(out_dir, sizes, epochs, num, workers, seed):
     check_number("epochs", epochs, lo=0, lo_open=True)
     check_number("num", num, lo=2, integer=True)
     check_seed(seed)
-    out = prepare_output(_free_folder("diffmem-demo") if out_dir is None else out_dir, kind="folder", param="out")
+    out = prepare_output(_free_folder("diffmem-demo") if out_dir is None else out_dir, kind="folder", param="out",
+                         create=False)  # created by run_demo once everything is validated
     run_demo(out, sizes=sizes, epochs=epochs, samples=num, workers=workers, seed=seed,
              progress=sys.stderr.isatty(), log=click.echo)

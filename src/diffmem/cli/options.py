@@ -87,7 +87,8 @@ ENGINE_OPTIONS = [
                                                  "--out must then be storage every node sees."),
     click.option("--gpus", type=float, default=0.0, show_default=True, help="Ray: GPUs requested per job."),
     click.option("--ray-logs", is_flag=True, default=False, help="Ray: show Ray's own log lines in the terminal."),
-    click.option("--progress/--no-progress", default=None, help="Progress bar on stderr [when it is a terminal]."),
+    click.option("--progress/--no-progress", default=None,
+                 help="A line on stderr as each job (run, EMM size, snapshot) finishes, with an ETA [on unless $CI is set]."),
 ]
 
 
@@ -103,9 +104,10 @@ def study_arguments(engine, workers, threads, address, gpus, ray_logs, progress)
     from the engine options, checked (errors name the parameter)."""
     import sys
 
+    from diffmem.progress import progress_enabled
     from diffmem.studies.engines import Engine, check_pool
 
     workers, threads = check_pool(workers, threads)
     return dict(engine=Engine(engine, address=address, gpus=gpus, ray_logs=ray_logs), workers=workers,
-                threads=threads, progress=sys.stderr.isatty() if progress is None else progress,
+                threads=threads, progress=progress_enabled(progress),
                 log=lambda line: click.echo(line, err=True))

@@ -36,6 +36,15 @@ def quality_cmd(generated_path, heldout_path, features, source, network, train_p
     device = resolve_device(device)
     generated = load_image_set(generated_path, what="generated")
     heldout = load_image_set(heldout_path, what="heldout")
+    D = train = None
+    if network is not None:  # the model and its sets are checked before any work
+        from diffmem.denoisers.probe import check_shape
+        from diffmem.runs import load_run
+
+        D = load_run(network, device=device).denoiser
+        train = load_image_set(train_path, what="train")
+        check_shape(D, train, "train", "training images")
+        check_shape(D, heldout, "heldout", "held-out images")
     if features == "classifier" and source in CLASSIFIER_SOURCES:
         cached = classifier_path(source, heldout.shape)
         if not cached.is_file():
@@ -44,11 +53,8 @@ def quality_cmd(generated_path, heldout_path, features, source, network, train_p
     summary = {"generated": str(generated_path), "heldout": str(heldout_path),
                **sample_quality(generated, heldout, features, source=source, device=device,
                                 progress=sys.stderr.isatty())}
-    if network is not None:
-        from diffmem.runs import load_run
-
-        train = load_image_set(train_path, what="train")
-        summary["loss"] = loss_gap(load_run(network, device=device).denoiser, train, heldout, device=device)
+    if D is not None:
+        summary["loss"] = loss_gap(D, train, heldout, device=device)
     if as_json:
         click.echo(json.dumps(summary, allow_nan=False))
         return

@@ -55,8 +55,9 @@ def write_images(path: str | Path, images: np.ndarray, labels=None) -> Path:
                    "schedule), eb:TAU or log_eb:LN_TAU (the floor by its logarithm), with --optimal.")
 @click.option("--batch", type=int, default=_DEFAULTS["batch_size"], show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="Allow pickled (.bin) diffusers weights; only for files you trust.")
 def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigma_min, sigma_max, rho, s_churn,
-               seed, labels, regularize, batch, device):
+               seed, labels, regularize, batch, device, allow_pickle):
     """Generate NUM images (uint8) with EDM's samplers from the optimum or a trained network."""
     if optimal == bool(network):
         raise InputError("give exactly one of --optimal (with --train) or --network", param="optimal/network")
@@ -84,7 +85,8 @@ def sample_cmd(optimal, train_path, network, num, out_path, sampler, steps, sigm
             run = load_run(network, device=device)
             D, source = run.denoiser, {"network": str(network), "epoch": run.epoch}
         else:  # a diffusers folder or a TorchScript file
-            D, source = load_denoiser(network, device=device, param="network"), {"network": str(network)}
+            D, source = load_denoiser(network, device=device, allow_pickle=allow_pickle, param="network"), \
+                {"network": str(network)}
         lab = conditioning_labels(labels if labels is not None else ("random" if D.num_classes else None), num,
                                   D.num_classes, seed)
     shape = D.shape

@@ -36,14 +36,18 @@ objects; still, load only models you trust.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffmem.errors import InputError
+from diffmem.denoisers.probe import check_denoiser, check_model_shape
+from diffmem.errors import InputError, check_number
 
 TORCHSCRIPT_META = "diffmem.json"
 TIMESTEP_MODES = ("interpolate", "nearest")
@@ -155,9 +159,26 @@ def _check_weights(unet_dir: Path, allow_pickle: bool, param: str) -> None:
     if any(unet_dir.glob("*.bin")):
         if allow_pickle:
             return
-        raise InputError(f"{unet_dir}: weights only as pickled .bin; pass allow_pickle=True if you trust the file",
+        raise InputError(f"{unet_dir}: weights only as a pickled .bin (a pickle can run code); allow pickles "
+                         f"(--allow-pickle; allow_pickle=True in Python) only for files you trust",
                          param=param)
     raise InputError(f"{unet_dir}: no weights (diffusion_pytorch_model.safetensors)", param=param)
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """diffusers' logger at ERROR (restored after) and Python warnings suppressed while loading."""
+    from diffusers.utils import logging as diffusers_logging
+
+    before = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(before)
 
 
 def load_diffusers(folder, *, device="cpu", subfolder: str | None = None, allow_pickle: bool = False,
@@ -175,11 +196,12 @@ def load_diffusers(folder, *, device="cpu", subfolder: str | None = None, allow_
         raise InputError("reading a diffusers model needs the extra: pip install 'diffmem[diffusers]'",
                          param=param) from None
     try:
-        unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=None if allow_pickle else True,
-                                           local_files_only=True, low_cpu_mem_usage=False)
-        keys = DDPMScheduler.__init__.__code__.co_varnames
-        sched = DDPMScheduler.from_config({k: v for k, v in sched_cfg.items() if k in keys})
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        with _quiet_diffusers():  # its own log lines and warnings stay off stderr: errors are ours to report
+            unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=None if allow_pickle else True,
+                                               local_files_only=True, low_cpu_mem_usage=False)
+            keys = DDPMScheduler.__init__.__code__.co_varnames
+            sched = DDPMScheduler.from_config({k: v for k, v in sched_cfg.items() if k in keys})
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, AttributeError) as err:
         raise InputError(f"{unet_dir}: cannot load the model ({str(err).splitlines()[0]})", param=param) from None
     D = DiffusersDenoiser(unet.to(device), sched.alphas_cumprod.numpy(),
                           sched_cfg.get("prediction_type", "epsilon"), timestep)
@@ -216,18 +238,32 @@ def _torchscript_meta(module, extra: str, path: Path, param: str) -> dict:
     if extra:
         try:
             meta = json.loads(extra)
-        except json.JSONDecodeError as err:
+        except ValueError as err:
             raise InputError(f"{path}: {TORCHSCRIPT_META} is not JSON ({err})", param=param) from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: {TORCHSCRIPT_META} must be a JSON object, got {type(meta).__name__}", param=param)
     for key in ("shape", "num_classes", "sigma_min", "sigma_max"):
         if key not in meta and hasattr(module, key):
             meta[key] = getattr(module, key)
     shape = meta.get("shape")
-    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
         raise InputError(f"{path}: needs its image shape [C, H, W] in {TORCHSCRIPT_META} or a `shape` attribute",
                          param=param)
-    smax = meta.get("sigma_max")
-    return {"shape": tuple(shape), "num_classes": int(meta.get("num_classes") or 0),
-            "sigma_min": float(meta.get("sigma_min") or 0.0), "sigma_max": math.inf if smax is None else float(smax)}
+    where = f"{path}: {TORCHSCRIPT_META}"
+    shape = check_model_shape(list(shape), where, param)
+    fields = {}
+    for key, default, kw in (("num_classes", 0, dict(lo=0, hi=1 << 20, integer=True)),
+                             ("sigma_min", 0.0, dict(lo=0)), ("sigma_max", None, dict(lo=0, lo_open=True))):
+        value = meta.get(key, default)
+        try:
+            fields[key] = default if value is None else check_number(key, value, **kw)
+        except InputError as err:
+            raise InputError(f"{where} {key}: {err.detail}", param=param) from None
+    smax = math.inf if fields["sigma_max"] is None else fields["sigma_max"]
+    if fields["sigma_min"] >= smax:
+        raise InputError(f"{where}: sigma_min {fields['sigma_min']:g} is not below sigma_max {smax:g}", param=param)
+    return {"shape": shape, "num_classes": fields["num_classes"], "sigma_min": float(fields["sigma_min"]),
+            "sigma_max": float(smax)}
 
 
 def load_torchscript(path, *, device="cpu", param: str = "model") -> TorchScriptDenoiser:
@@ -239,9 +275,15 @@ def load_torchscript(path, *, device="cpu", param: str = "model") -> TorchScript
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError, OSError) as err:
-        raise InputError(f"{path}: not a TorchScript file ({str(err).splitlines()[0]})", param=param) from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a TorchScript file ({first.split('. This is')[0]})", param=param) from None
     text = extra[TORCHSCRIPT_META]
-    meta = _torchscript_meta(module, text.decode() if isinstance(text, bytes) else text, path, param)
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: {TORCHSCRIPT_META} is not UTF-8 text", param=param) from None
+    meta = _torchscript_meta(module, text, path, param)
     return TorchScriptDenoiser(module, **meta)
 
 
@@ -267,20 +309,3 @@ def is_run(path) -> bool:
     cfg = path / "config.json"
     return cfg.is_file() and not (path / "model_index.json").is_file() and '"_class_name"' not in cfg.read_text(
         errors="replace")
-
-
-def check_denoiser(D, path, param: str = "model", device="cpu"):
-    """Call D once on two noisy zero images at a σ in its range; refuse a failure or a wrong shape."""
-    sigma = float(min(max(1.0, D.sigma_min), D.sigma_max))
-    x = sigma * torch.randn((2, *D.shape), generator=torch.Generator().manual_seed(0))
-    labels = torch.zeros(2, dtype=torch.int64) if D.num_classes else None
-    try:
-        out = D(x.to(device), torch.full((2,), sigma, device=device), None if labels is None else labels.to(device))
-    except Exception as err:  # noqa: BLE001 -- any failure of a foreign model is the file's fault
-        raise InputError(f"{path}: the model fails on a test input of shape {tuple(x.shape)} "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})", param=param) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(f"{path}: the model returns {got} for input {tuple(x.shape)}; a denoiser returns its "
-                         f"input's shape", param=param)
-    return D

@@ -356,7 +356,28 @@ def load_features(spec, *, reference=None, source: str | None = None, device="cp
         return extractor
     extractor = TorchScriptFeatures(arg, device)
     if reference is not None:
-        extractor.embed(_model_space(reference)[:2])  # a probe: fails now, naming the file, if it is wrong
+        check_extractor(extractor, reference)
+    return extractor
+
+
+PROBE_IMAGES = 32  # reference images a TorchScript extractor is tried on before it is used
+
+
+def check_extractor(extractor: FeatureExtractor, reference) -> FeatureExtractor:
+    """Try ``extractor`` on up to :data:`PROBE_IMAGES` reference images, now, before any work:
+    refused (InputError naming ``features``) when it fails, returns NaN or a wrong shape (see
+    ``_forward``), gives the same vector to different images (a constant extractor makes every
+    sample a copy), or a zero vector (its cosine to anything is undefined)."""
+    x = _model_space(reference)[:PROBE_IMAGES]
+    f = extractor.embed(x)
+    name = getattr(extractor, "path", extractor.name)
+    if np.any(np.linalg.norm(f, axis=1) == 0):
+        raise InputError(f"{name}: returns a zero feature vector (cosine similarity is undefined for it); "
+                         "a feature extractor must tell images apart", param="features")
+    distinct_images = len(np.unique(x.reshape(len(x), -1), axis=0))
+    if distinct_images > 1 and len(np.unique(f, axis=0)) == 1:
+        raise InputError(f"{name}: returns the same features for {distinct_images} different images (a constant "
+                         "extractor would call every sample a copy)", param="features")
     return extractor
 
 

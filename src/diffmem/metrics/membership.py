@@ -42,6 +42,7 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from diffmem.denoisers.probe import check_shape
 from diffmem.errors import InputError, check_number
 from diffmem.losses import as_model_images, check_sigmas, per_image_loss
 from diffmem.rng import BOOTSTRAP, check_seed, numpy_rng
@@ -202,6 +203,7 @@ def membership(D, train, heldout, *, sigmas=None, method: str = "loss", seed: in
     bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=100_000, integer=True)
     sig = check_sigmas(DEFAULT_SIGMAS[method] if sigmas is None else sigmas)
     for images, param in ((train, "train"), (heldout, "heldout")):
+        check_shape(D, images, param, "training images" if param == "train" else "held-out images")
         if getattr(D, "num_classes", None) and getattr(images, "labels", None) is None:
             raise InputError(f"the model is class-conditional ({D.num_classes} classes): the images need labels",
                              param=param)

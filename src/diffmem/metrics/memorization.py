@@ -17,6 +17,7 @@ Errors name the parameter at fault (``threshold``, ``bootstrap``, ``seed``, ``tr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,16 +131,35 @@ def bootstrap_ci(memorized: np.ndarray, resamples: int = 1000, seed: int = 0) ->
 def _as_pixels(x, param: str) -> tuple[np.ndarray, str]:
     """Accept an ImageSet, numpy array or tensor of shape (N, ...); return the pixels and the prefix
     naming their source in messages (``"path: "``, or nothing for an array)."""
+    if isinstance(x, (str, os.PathLike)):  # a path any reader accepts
+        from diffmem.data.io import load_image_set
+
+        x = load_image_set(x, what=param)
     if isinstance(x, ImageSet):
         return x.images, f"{x.source}: "
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
+    if x is None or not hasattr(x, "__len__") or isinstance(x, (dict, bytes)):
+        raise InputError(f"expected images (an ImageSet, an (N, C, H, W) array or tensor, or a path), got "
+                         f"{type(x).__name__}", param=param)
     x = np.asarray(x)
+    if x.ndim < 2:
+        raise InputError(f"expected images of shape (N, C, H, W), got an array of shape {x.shape}", param=param)
     try:
         ImageSet(x if x.ndim == 4 else x.reshape(len(x), 1, 1, -1), source="")  # validate values
     except InputError as err:
         raise InputError(err.detail.lstrip(": "), param=param) from None
     return x, ""
+
+
+def check_search(memory_limit, device) -> tuple[int, str | None]:
+    """The search's ``memory_limit`` (bytes, at least 1 MiB) and ``device`` (None, ``cpu``,
+    ``cuda[:N]``); errors name the parameter."""
+    memory_limit = check_number("memory_limit", memory_limit, lo=1 << 20, integer=True)
+    if device is not None and not (isinstance(device, torch.device) or isinstance(device, str)
+                                   and (device == "cpu" or device.split(":")[0] == "cuda")):
+        raise InputError(f"expected None, cpu or cuda[:N], got {device!r}", param="device")
+    return memory_limit, device
 
 
 def image_pair(train, generated, *, min_train: int, needs: str) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -196,6 +216,9 @@ def memorization(
     threshold = check_number("threshold", threshold, lo=0.0, lo_open=True, hi=1.0)
     bootstrap = check_number("bootstrap", bootstrap, lo=0, hi=MAX_BOOTSTRAP, integer=True)
     seed = check_seed(seed)
+    memory_limit, device = check_search(memory_limit, device)
+    if not isinstance(quantize, bool):
+        raise InputError(f"expected True or False, got {quantize!r}", param="quantize")
     t_pix, g_pix, _, _ = image_pair(train, generated, min_train=2, needs="the memorization ratio")
     if quantize and g_pix.dtype != np.uint8:
         g_pix = to_uint8(g_pix)

@@ -151,8 +151,11 @@ def loss_gap(D, train, heldout, *, sigmas=None, seed: int = 0, batch: int = 256,
     (default :data:`DEFAULT_SIGMAS`). Returns ``train_loss``, ``heldout_loss``, ``gap`` (floats: means
     over the grid), their ``*_per_sigma`` lists, ``sigmas``, ``n_train``, ``n_heldout``.
     """
+    from diffmem.denoisers.probe import check_shape
     from diffmem.losses import per_image_loss
 
+    check_shape(D, train, "train", "training images")
+    check_shape(D, heldout, "heldout", "held-out images")
     sigmas = list(DEFAULT_SIGMAS if sigmas is None else np.atleast_1d(np.asarray(sigmas, np.float64)))
     lt = per_image_loss(D, train, sigmas, seed=seed, batch=batch, device=device).mean(axis=0)  # (S,)
     lh = per_image_loss(D, heldout, sigmas, seed=seed, batch=batch, device=device).mean(axis=0)

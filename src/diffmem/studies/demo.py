@@ -29,7 +29,7 @@ from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.data.subsets import class_balanced_indices
 from diffmem.denoisers.optimal import OptimalDenoiser
 from diffmem.studies.emm import SizePoint, estimate_emm
-from diffmem.errors import check_number
+from diffmem.errors import InputError, check_number
 from diffmem.metrics.memorization import memorization
 from diffmem.pages import render_html
 from diffmem.studies.report import emm_report, ratio_vs_size
@@ -71,6 +71,24 @@ def optimum_points(sizes, samples: int, seed: int, log) -> tuple[list[SizePoint]
     return points, {"size": max(sizes), "ratio": r.ratio, "ci95": list(r.ci95), "n": len(held_out)}
 
 
+def _check_spec(text: str) -> None:
+    """The demo's EMM spec validated (every size's data, plan and network) before anything is
+    written; a problem names the demo's parameter (``sizes``, ``epochs``, ``num``)."""
+    import tempfile
+
+    from diffmem.studies.specs import check_cells, parse_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "spec.toml").write_text(text)
+        try:
+            check_cells(parse_spec(Path(tmp) / "spec.toml", mode="emm"))
+        except InputError as err:
+            detail = err.detail.split("spec.toml: ", 1)[-1]  # "[emm] sizes: ..." without the temporary path
+            key = detail.split(":", 1)[0]
+            param = "epochs" if "epochs" in key else "num" if "track_samples" in key else "sizes"
+            raise InputError(detail, param=param) from None
+
+
 def run_demo(out, *, sizes=DEMO_SIZES, epochs: float = 1000, samples: int = 200, workers: int = 2,
              seed: int = 0, progress: bool = False, log=print) -> dict:
     """Run the demo into the new folder ``out``; returns (and writes) ``summary.json``'s content."""
@@ -80,6 +98,7 @@ def run_demo(out, *, sizes=DEMO_SIZES, epochs: float = 1000, samples: int = 200,
     seed = check_seed(seed)
     out, t0 = Path(out), time.time()
     spec_text = demo_spec(sizes, epochs, samples, seed)
+    _check_spec(spec_text)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "spec.toml", spec_text)
     log(f"{'|D|':>6} {'denoiser':>24} {'memorization':>13} {'95% CI':>17}")

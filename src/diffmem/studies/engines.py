@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from diffmem.progress import Progress
 from diffmem.errors import InputError, check_number
 
 Job = tuple[str, Callable, tuple]
@@ -69,15 +70,10 @@ class Engine:
         else:
             runner = run_ray(jobs, workers=workers, threads=threads, gpus=self.gpus, address=self.address,
                              out=out, ray_logs=self.ray_logs)
-        if not progress:
-            yield from runner
-            return
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(jobs), desc=desc or None, unit="job") as bar:
-            for item in runner:
-                bar.update(1)
-                yield item
+        report = Progress(len(jobs), enabled=progress)  # a line on stderr as each job finishes, with an ETA
+        for key, result in runner:
+            report.done(f"{desc + ': ' if desc else ''}{key} finished")
+            yield key, result
 
 
 def as_engine(engine, *, address: str | None = None, gpus: float = 0.0) -> Engine:
@@ -256,3 +252,11 @@ def _get(ray, ref):
         return ray.get(ref)
     except SharedStorageError as err:  # Ray raises the task's own exception type (with RayTaskError)
         raise InputError(str(getattr(err, "cause", None) or err).splitlines()[-1], param="out") from None
+
+
+def check_engine(engine, workers, threads, gpus, progress) -> None:
+    """The pool keywords of :func:`run_sweep` and :func:`emm` (the engine and its GPUs are checked
+    by :func:`~diffmem.studies.engines.as_engine`); errors name the parameter."""
+    check_pool(workers, threads)
+    if not isinstance(progress, bool):
+        raise InputError(f"expected True or False, got {progress!r}", param="progress")

@@ -57,12 +57,13 @@ from diffmem.data.points import PointCloud
 from diffmem.data.spec import make_dataset
 from diffmem.denoisers.optimal import OptimalDenoiser
 from diffmem.errors import InputError, check_number
+from diffmem.studies.folders import claim_folder
 from diffmem.metrics.memorization import DEFAULT_THRESHOLD
 from diffmem.metrics.proximity import DEFAULT_TOLERANCE, proximity
 from diffmem.plots import save_curves, save_figure
 from diffmem.rng import check_seed
 from diffmem.sampling import SAMPLERS, sample
-from diffmem.studies.specs import Cell, Spec, mode_settings
+from diffmem.studies.specs import Cell, Spec, check_cells, mode_settings
 from diffmem.studies.sweep import write_table
 
 MODE = "regularization"
@@ -198,8 +199,13 @@ def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None, e
     if spec.mode != MODE:
         raise InputError(f"{spec.path}: mode: diffmem regularization runs mode {MODE!r}, got {spec.mode!r}")
     settings = parse_settings(spec)
-    out = prepare_output(spec.name if out is None else out, kind="folder", overwrite=True)
-    engine, cells = as_engine(engine), spec.cells()
+    cells = check_cells(spec)  # every cell's data, before the first write
+    record = {"name": spec.name, "settings": settings.to_dict()}
+    out = claim_folder(spec.name if out is None else out, "spec.json",
+                       lambda stored: next((f"{k} differs" for k in record if stored.get(k) != record[k]), None),
+                       legacy={c.name for c in cells} | {"results.csv", "results.json", "tikhonov.png", "eb.png"})
+    out = prepare_output(out, kind="folder", overwrite=True)
+    engine = as_engine(engine)
     here = engine.kind == "local" and workers == 1  # the per-strength lines need the cells in this process
     if here and threads is None:  # in this process, as before engines: its own thread count
         import torch
@@ -209,7 +215,7 @@ def run_regularization(spec: Spec, out=None, *, device: str = "cpu", log=None, e
     done = dict(engine.run(jobs, workers=workers, threads=threads, out=out, progress=progress))
     rows = [row for c in cells for row in done[c.name]]
     write_table(out, rows)
-    write_json(out / "spec.json", {"spec": spec.path, "name": spec.name, "settings": settings.to_dict()})
+    write_json(out / "spec.json", {"spec": spec.path, **record})
     for kind in ("tikhonov", "tikhonov_time", "eb"):
         if any(r["kind"] == kind for r in rows):
             save_strength_curves(out / f"{kind}.png", rows, kind, settings)

@@ -290,11 +290,17 @@ def kind_of(folder: Path) -> str:
     from diffmem.studies.factors import is_factor_study
 
     if (folder / "sweep.json").exists():
-        sweep = json.loads((folder / "sweep.json").read_text())
-        cells = sweep.get("cells", []) if isinstance(sweep, dict) else None
-        if not isinstance(cells, list):
-            raise InputError(f"{folder / 'sweep.json'}: not a diffmem sweep record")
-        if sweep.get("mode") == "emm" and len(cells) == 1 and not cells[0]["knobs"] and (folder / cells[0]["name"]).is_dir():
+        try:
+            sweep = json.loads((folder / "sweep.json").read_text())
+            cells = sweep.get("cells", []) if isinstance(sweep, dict) else None
+            if not isinstance(cells, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                                                      and isinstance(c.get("knobs", {}), dict) for c in cells):
+                raise ValueError("no list of cells")
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise InputError(f"{folder / 'sweep.json'}: not a diffmem sweep record ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:80]})") from None
+        if sweep.get("mode") == "emm" and len(cells) == 1 and not cells[0].get("knobs") and \
+                (folder / cells[0]["name"]).is_dir():
             return "emm-sweep"
         return "sweep"
     if (folder / "emm.json").exists():
@@ -325,11 +331,14 @@ def make_report(folder, out=None) -> Path:
     out = Path(out)
     try:
         report = _build(kind, folder, out)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+    except BaseException as err:
         if created:  # leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
+        if isinstance(err, InputError) or not isinstance(err, (KeyError, TypeError, ValueError, IndexError,
+                                                                AttributeError, OSError)):
+            raise
         raise InputError(f"{folder}: its result files are not what diffmem writes "
-                         f"({type(err).__name__}: {err})") from None
+                         f"({type(err).__name__}: {' '.join(str(err).split())[:120]})") from None
     (out / MARKER).touch()
     index = out / "index.html"
     write_text(index, render_html(report))

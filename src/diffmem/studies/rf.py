@@ -64,7 +64,7 @@ from diffmem.denoisers.random_features import (RandomFeatureScore, diffusion_coe
                                                dsm_loss_and_gradient, feature_coefficients, noisy_inputs,
                                                score_error)
 from diffmem.errors import InputError, check_number
-from diffmem.studies.specs import read_toml
+from diffmem.studies.specs import check_name, check_types, read_toml
 
 STABILITY_LIMIT = 1.5  # refuse a stability number (:func:`stability`) above this (GD diverges at 2)
 EVAL_CHUNK = 2048  # rows per evaluation batch (bounds memory at (chunk, p))
@@ -144,9 +144,7 @@ def parse_rf_spec(path) -> tuple[str, RFSettings]:
     unknown = [k for k in doc if k not in ("name", "rf")]
     if unknown:
         raise InputError(f"{path}: {unknown[0]}: unknown key (known: name, rf)")
-    name = doc.get("name", Path(path).stem)
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(f"{path}: name: must be a non-empty string, got {name!r}")
+    name = check_name(doc.get("name", Path(path).stem), path)
     table = doc.get("rf")
     if not isinstance(table, dict):
         raise InputError(f"{path}: [rf]: missing table (d, t, psi_n, psi_p, dt, time, ...)")
@@ -155,6 +153,7 @@ def parse_rf_spec(path) -> tuple[str, RFSettings]:
     if bad:
         raise InputError(f"{path}: [rf] {bad[0]}: unknown key (known: {', '.join(known)})")
     try:
+        check_types(RFSettings, table)
         settings = RFSettings(**table)
     except InputError as err:
         raise InputError(f"{path}: [rf] {err.param}: {err.detail}") from None

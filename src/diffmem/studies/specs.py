@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -140,11 +141,115 @@ class Spec:
 
     def _build(self, cls, values: dict, section: str, where: str):
         try:
+            check_types(cls, values)
             return cls(**values)
         except InputError as err:
             key = err.param or "?"
             in_axes = any(k.split(".", 1)[1] in key.split("/") for k in self.axes if k.startswith(section + "."))
             raise InputError(f"{self.path}: [{'axes' if in_axes else section}] {key}: {err.detail} (at {where})") from None
+
+
+def check_cells(spec: Spec, sizes=None) -> list[Cell]:
+    """The one validation pass of a spec, before anything is written or trained: every cell (at each
+    of ``sizes``, the training-set sizes a mode trains the cell at; default its own) builds its
+    training set, resolves its plan (duration, snapshots, schedules) and builds its network (on the
+    ``meta`` device: no memory, no time). A problem is one line naming the file, table and key."""
+    from diffmem.data.spec import make_dataset
+
+    cells, datasets = spec.cells(), {}
+    if sizes is None and spec.emm is not None:
+        sizes = spec.emm.sizes or (spec.emm.min_size, spec.emm.max_size)
+    section = "emm] sizes" if spec.emm is not None else None
+    for cell in cells:
+        for size in sizes or [None]:
+            data = cell.data if size is None else cell.data.replace(size=size)
+            where = ", ".join([f"{k}={v!r}" for k, v in cell.knobs.items()] + ([f"size={size}"] if size else [])) \
+                or "the base config"
+            try:
+                key = json.dumps(data.to_dict(), sort_keys=True)
+                if key not in datasets:
+                    datasets[key] = make_dataset(data)
+                if cell.train is None:
+                    continue
+                if spec.emm is not None and not cell.train.track_every:
+                    raise InputError("EMM runs must track memorization; set track_every > 0", param="track_every")
+                config = cell.train.replace(batch=min(cell.train.batch, size)) if size and spec.emm is not None \
+                    and spec.emm.clip_batch else cell.train
+                check_training(config, datasets[key])
+            except InputError as err:
+                raise _cell_error(spec, err, where, section if size else None) from None
+    return cells
+
+
+_BUILT: set = set()  # network recipes already built by check_training (each is built once per process)
+
+
+def check_training(config, dataset) -> None:
+    """What training ``config`` on ``dataset`` would refuse only after starting: an unavailable
+    device, the plan (duration, snapshots, schedules, the data's shape) and the network (built on
+    the ``meta`` device: no memory, no time). InputError naming the config field."""
+    import torch
+
+    from diffmem.config import plan_run
+    from diffmem.denoisers.build import build_denoiser
+    from diffmem.denoisers.networks import NETWORK_FIELDS
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda is not available here", param="device")
+    plan = plan_run(config, dataset)
+    shape = dict(resolution=plan.resolution, in_channels=plan.in_channels, num_classes=plan.num_classes, dim=plan.dim)
+    key = json.dumps([{k: config.to_dict()[k] for k in NETWORK_FIELDS + ("precond", "sigma_data")}, shape], default=str)
+    if key in _BUILT:
+        return
+    try:
+        try:
+            with torch.device("meta"):
+                build_denoiser(config, **shape)
+        except (RuntimeError, NotImplementedError) as err:  # a network whose init reads values: build it for real
+            if "meta" not in str(err):
+                raise
+            with torch.no_grad():
+                build_denoiser(config, **shape)
+        _BUILT.add(key)
+    except InputError:
+        raise
+    except (ValueError, TypeError, AssertionError, RuntimeError, KeyError, IndexError) as err:
+        raise InputError(f"the network cannot be built for {'x'.join(map(str, plan.shape))} data "
+                         f"({type(err).__name__}: {' '.join(str(err).split())[:200]})", param="arch") from None
+
+
+def _cell_error(spec: Spec, err: InputError, where: str, sizes_section: str | None) -> InputError:
+    key = err.param or "?"
+    if key == "data":
+        return InputError(f"{spec.path}: [data]: {err.detail} (at {where})")
+    if key == "size" and sizes_section:
+        return InputError(f"{spec.path}: [{sizes_section}: {err.detail} (at {where})")
+    section = "data" if key in DATA_FIELDS else "train"
+    in_axes = any(k.split(".", 1)[1] in key.split("/") for k in spec.axes)
+    return InputError(f"{spec.path}: [{'axes' if in_axes else section}] {key}: {err.detail} (at {where})")
+
+
+def check_types(cls, values: dict) -> None:
+    """TOML values have types: a string or a boolean where the dataclass ``cls`` declares neither
+    (``size = "8"``, ``lr = true``, ``compile = "yes"``) is refused, naming the key, instead of
+    being converted (a tuple of whole numbers may be written "1,2,2"). Lists are checked element by
+    element against the declared tuple type."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        declared = types.get(key, "")
+        for item in value if isinstance(value, list) and "tuple" in declared else [value]:
+            if isinstance(item, bool) != declared.startswith("bool") and (isinstance(item, bool) or declared == "bool"):
+                raise InputError(f"must be {_kind(declared)}, got {str(item).lower() if isinstance(item, bool) else repr(item)}",
+                                 param=key)
+            if isinstance(item, str) and "str" not in declared and not (declared.startswith("tuple[int") and item is value):
+                raise InputError(f"must be {_kind(declared)}, got the string {item!r}", param=key)
+            if isinstance(item, (list, dict)) and not isinstance(value, list) or isinstance(item, dict):
+                raise InputError(f"must be {_kind(declared)}, got {type(item).__name__} {item!r}", param=key)
+
+
+def _kind(declared: str) -> str:
+    return "true or false" if declared.startswith("bool") else "a number" if "int" in declared or "float" in declared \
+        else f"of type {declared}"
 
 
 def cell_name(knobs: dict) -> str:
@@ -193,6 +298,7 @@ def mode_settings(spec: Spec, cls, where: str | None = None):
     if unknown:
         raise InputError(f"{where}: [{table}] {unknown[0]}: unknown key (known: {', '.join(known)})")
     try:
+        check_types(cls, spec.settings)
         return cls(**spec.settings)
     except InputError as err:
         raise InputError(f"{where}: [{table}] {err.param}: {err.detail}") from None
@@ -200,17 +306,38 @@ def mode_settings(spec: Spec, cls, where: str | None = None):
         raise InputError(f"{where}: [{table}]: {err}") from None
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few lines of TOML; /dev/zero or a data file is not one
+
+
 def read_toml(path) -> dict:
-    """A spec file's TOML document; an unreadable or invalid file is one line naming it."""
+    """A spec file's TOML document; an unreadable, oversized or invalid file is one line naming it
+    (at most :data:`MAX_SPEC_BYTES` are read, so ``/dev/zero`` is refused, not read forever)."""
+    if not isinstance(path, (str, Path)):
+        raise InputError(f"expected a spec file's path, got {type(path).__name__}", param="spec")
     path = str(path)
     if not path.strip():
         raise InputError("an empty path is not a spec file", param="spec")
     try:
-        return tomllib.loads(Path(path).read_text())
+        if Path(path).is_dir():
+            raise InputError(f"{path}: is a folder, not a spec file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise InputError(f"{path}: more than {MAX_SPEC_BYTES} bytes; not a spec file")
+        return tomllib.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the spec ({getattr(err, 'strerror', None) or err})") from None
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: not valid TOML ({err})") from None
+
+
+def check_name(name, path: str) -> str:
+    """A spec's ``name``: the default folder and a label, never a path (no ``/``, ``..``, ``.``)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"{path}: name: must be a non-empty string, got {name!r}")
+    if name in (".", "..") or any(c in name for c in "/\\") or any(ord(c) < 32 for c in name) or len(name) > 200:
+        raise InputError(f"{path}: name: {name!r} is not a plain name (no slashes, '..' or control characters)")
+    return name
 
 
 def parse_spec(path, *, mode: str | None = None) -> Spec:
@@ -220,12 +347,16 @@ def parse_spec(path, *, mode: str | None = None) -> Spec:
     unknown = [k for k in doc if k not in TOP_KEYS]
     if unknown:
         raise InputError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(TOP_KEYS)})")
-    name = str(doc.get("name", Path(path).stem))
-    mode = mode or doc.get("mode", "runs")
-    if mode not in MODE_SECTIONS:
-        raise InputError(f"{path}: mode: expected one of {', '.join(MODE_SECTIONS)}, got {mode!r}")
+    name = check_name(doc.get("name", Path(path).stem), path)
+    doc_mode = doc.get("mode", "runs")
+    if not isinstance(doc_mode, str) or doc_mode not in MODE_SECTIONS:
+        raise InputError(f"{path}: mode: expected one of {', '.join(MODE_SECTIONS)}, got {doc_mode!r}")
+    if mode is not None and "mode" in doc and doc_mode != mode:
+        command = {"twosplit": "two-split", "runs": "sweep", "emm": "emm"}.get(doc_mode, doc_mode)
+        raise InputError(f"{path}: mode: this spec is mode {doc_mode}, run by `diffmem {command} SPEC`")
+    mode = mode or doc_mode
     combine = doc.get("combine", "product")
-    if combine not in ("product", "zip"):
+    if not isinstance(combine, str) or combine not in ("product", "zip"):
         raise InputError(f"{path}: combine: expected product or zip, got {combine!r}")
     axes = {}
     raw_axes = doc.get("axes", {})
@@ -250,6 +381,7 @@ def parse_spec(path, *, mode: str | None = None) -> Spec:
             raise InputError(f"{path}: [axes] size: in mode emm the sizes come from [emm]")
         settings = _table(doc, "emm", path, tuple(f.name for f in dataclasses.fields(EMMSettings)))
         try:
+            check_types(EMMSettings, settings)
             emm = EMMSettings(**settings)
         except InputError as err:
             raise InputError(f"{path}: [emm] {err.param}: {err.detail}") from None
@@ -259,7 +391,25 @@ def parse_spec(path, *, mode: str | None = None) -> Spec:
         settings = doc.get(section, {})
         if not isinstance(settings, dict):
             raise InputError(f"{path}: [{section}] must be a table")
-    spec = Spec(path, name, mode, combine, _table(doc, "data", path, DATA_FIELDS),
-                _table(doc, "train", path, TRAIN_FIELDS), axes, emm, settings)
-    spec.cells()  # validate every cell now, before anything runs
+    tables = {"data": _table(doc, "data", path, DATA_FIELDS), "train": _table(doc, "train", path, TRAIN_FIELDS)}
+    for section, cls in (("data", DataSpec), ("train", TrainConfig)):  # also the values an axis overrides
+        try:
+            check_types(cls, tables[section])
+        except InputError as err:
+            raise InputError(f"{path}: [{section}] {err.param}: {err.detail}") from None
+    spec = Spec(path, name, mode, combine, tables["data"], tables["train"], axes, emm, settings)
+    _check_base(spec, spec.cells())  # validate every cell now, before anything runs
     return spec
+
+
+def _check_base(spec: Spec, cells: list[Cell]) -> None:
+    """The base [data] and [train] values an axis overrides are values of the spec too: checked
+    with the first cell's others."""
+    for section, cls, table in (("data", DataSpec, spec.data), ("train", TrainConfig, spec.train)):
+        first = getattr(cells[0], section)
+        if first is not None and table:
+            try:
+                cls(**{**first.to_dict(), **table})
+            except InputError as err:
+                raise InputError(f"{spec.path}: [{section}] {err.param}: {err.detail} (overridden by [axes], "
+                                 "still a value of the spec)") from None

@@ -29,8 +29,11 @@ from diffmem.config import TrainConfig
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.studies.emm import EMMEstimate, SizePoint, adaptive_search, estimate_emm
 from diffmem.errors import InputError
+from diffmem.studies.engines import check_engine
+from diffmem.studies.folders import check_out_path, claim_folder, spec_difference
+from diffmem.progress import Progress
 from diffmem.runs import CONFIG_FILE, SUMMARY_FILE, read_record
-from diffmem.studies.specs import Cell, EMMSettings, Spec
+from diffmem.studies.specs import Cell, EMMSettings, Spec, check_cells
 
 MEMORIZATION_ONSET = 0.1  # "first memorization": the first tracked epoch with a ratio at least this
 SWEEP_FILE, EMM_FILE, TABLE_CSV, TABLE_JSON = "sweep.json", "emm.json", "results.csv", "results.json"
@@ -159,13 +162,13 @@ def remeasure(point: SizePoint, num: int, data: DataSpec) -> SizePoint:
     return SizePoint(point.size, result["ratio"], tuple(result["ci95"]), num, point.compute, point.run, point.epoch)
 
 
-def adaptive_cell(cell: Cell, settings: EMMSettings, cell_folder: Path) -> EMMEstimate:
+def adaptive_cell(cell: Cell, settings: EMMSettings, cell_folder: Path, log=None) -> EMMEstimate:
     """One cell's EMM by :func:`diffmem.studies.emm.adaptive_search` (sequential: each size follows the last)."""
     return adaptive_search(
         lambda size: measure_size(cell, size, settings, cell_folder), min_size=settings.min_size,
         max_size=settings.max_size, epsilon=settings.epsilon, factor=settings.factor,
         resolution=settings.resolution, max_samples=settings.max_samples,
-        remeasure=lambda p, num: remeasure(p, num, cell.data.replace(size=p.size)))
+        remeasure=lambda p, num: remeasure(p, num, cell.data.replace(size=p.size)), log=log)
 
 
 def finished_sizes(cell_folder: Path) -> list[SizePoint]:
@@ -200,8 +203,10 @@ def job_size(cell: Cell, size: int, settings: EMMSettings, cell_folder: str) -> 
     return measure_size(cell, size, settings, Path(cell_folder))
 
 
-def job_adaptive(cell: Cell, settings: EMMSettings, cell_folder: str) -> EMMEstimate:
-    return adaptive_cell(cell, settings, Path(cell_folder))
+def job_adaptive(cell: Cell, settings: EMMSettings, cell_folder: str, report: bool = False) -> EMMEstimate:
+    """One adaptive search; with ``report``, a line on stderr (from the worker) as each size finishes."""
+    sizes = Progress(None, enabled=report)
+    return adaptive_cell(cell, settings, Path(cell_folder), log=lambda line: sizes.done(f"{cell.name} {line}"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +221,7 @@ class SweepResult:
     by_seed: list[dict] | None = None  # with a train.seed axis: one row per configuration over its seeds
 
 
-def _jobs(spec: Spec, cells: list[Cell], out: Path) -> list[tuple]:
+def _jobs(spec: Spec, cells: list[Cell], out: Path, progress: bool = False) -> list[tuple]:
     jobs = []
     for cell in cells:
         folder = str(out / cell.name)
@@ -225,7 +230,7 @@ def _jobs(spec: Spec, cells: list[Cell], out: Path) -> list[tuple]:
         elif spec.emm.strategy == "grid":
             jobs += [(f"{cell.name}/size-{size}", job_size, (cell, size, spec.emm, folder)) for size in spec.emm.sizes]
         else:
-            jobs.append((cell.name, job_adaptive, (cell, spec.emm, folder)))
+            jobs.append((cell.name, job_adaptive, (cell, spec.emm, folder, progress)))
     return jobs
 
 
@@ -303,37 +308,49 @@ def run_sweep(spec: Spec, out=None, *, engine="local", workers: int = 1, threads
               address: str | None = None, gpus: float = 0.0, progress: bool = False, log=None) -> SweepResult:
     """Run every cell of ``spec`` into ``out`` (default: a folder named after the spec) on the
     ``local`` pool of ``workers`` processes or on ``ray`` (a name or an
-    :class:`~diffmem.studies.engines.Engine`); see the module docstring."""
+    :class:`~diffmem.studies.engines.Engine`); see the module docstring. With ``progress``, a line
+    (through ``log``, default stderr) as each job finishes, with an ETA; the adaptive EMM search
+    reports each size from its worker. Every cell, size and option is validated and ``out`` must be
+    new, empty or this sweep's folder (:func:`~diffmem.studies.folders.claim_folder`) before
+    anything is written."""
     from diffmem.studies.engines import as_engine
+    from diffmem.studies.specs import parse_spec
 
+    spec = spec if isinstance(spec, Spec) else parse_spec(spec)
+    check_out_path(out)
     engine = as_engine(engine, address=address, gpus=gpus)
     if spec.mode not in ("runs", "emm"):  # the study modes have their own commands
         command = {"twosplit": "two-split"}.get(spec.mode, spec.mode)
         raise InputError(f"{spec.path}: mode {spec.mode} is run by `diffmem {command} SPEC`, not by a sweep")
+    check_engine(engine, workers, threads, gpus, progress)
     out = Path(out if out is not None else spec.name)
-    cells = spec.cells()
+    cells = check_cells(spec)  # every cell (and EMM size) before the first write
+    claim_folder(out, SWEEP_FILE, lambda stored: sweep_difference(stored, spec, cells))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SWEEP_FILE, {"spec": spec.path, "name": spec.name, "mode": spec.mode,
                                   "emm": None if spec.emm is None else vars(spec.emm),
                                   "cells": [c.to_dict() for c in cells]})
-    jobs = _jobs(spec, cells, out)
+    jobs = _jobs(spec, cells, out, progress)
     runner = engine.run(jobs, workers=workers, threads=threads, out=out)
     remaining = {c.name: sum(1 for key, _, _ in jobs if key.split("/")[0] == c.name) for c in cells}
     estimates, by_name = {}, {c.name: c for c in cells}
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(jobs), desc=spec.name, unit="run", disable=not progress) as bar:
-        for key, result in runner:
-            name = key.split("/")[0]
-            remaining[name] -= 1
-            if spec.mode == "emm" and remaining[name] == 0:
-                estimates[name] = _estimate(spec, out, by_name[name], result if isinstance(result, EMMEstimate) else None)
-            write_tables(spec, cells, out)
-            bar.update(1)
-            if log is not None:
-                log(_job_line(key, result, estimates.get(name) if remaining[name] == 0 else None))
+    report = Progress(len(jobs), enabled=progress, echo=log)
+    for key, result in runner:
+        name = key.split("/")[0]
+        remaining[name] -= 1
+        if spec.mode == "emm" and remaining[name] == 0:
+            estimates[name] = _estimate(spec, out, by_name[name], result if isinstance(result, EMMEstimate) else None)
+        write_tables(spec, cells, out)
+        report.done(_job_line(key, result, estimates.get(name) if remaining[name] == 0 else None))
     rows = collect_rows(spec, cells, out)
     return SweepResult(out, rows, estimates, seed_rows(spec, cells, out, rows))
+
+
+def sweep_difference(stored: dict, spec: Spec, cells: list[Cell]) -> str | None:
+    """The first difference between the sweep recorded in ``stored`` (a ``sweep.json``) and this one."""
+    if stored["mode"] != spec.mode:
+        return f"mode {stored['mode']!r} there, {spec.mode!r} now"
+    return spec_difference(stored, spec, cells, {"emm": (EMMSettings, spec.emm)})
 
 
 def _job_line(key: str, result, estimate: EMMEstimate | None) -> str:
@@ -359,6 +376,9 @@ def emm(spec=None, out=None, *, data: DataSpec | None = None, train: TrainConfig
     if spec is None:
         if data is None or train is None or settings is None:
             raise InputError("give a spec, or data, train and settings", param="spec")
+        for name, value, cls in (("data", data, DataSpec), ("train", train, TrainConfig), ("settings", settings, EMMSettings)):
+            if not isinstance(value, cls):
+                raise InputError(f"expected a {cls.__name__}, got {type(value).__name__}", param=name)
         spec = Spec("<python>", "emm", "emm", "product", data.to_dict(), train.to_dict(), {}, settings)
         spec.cells()
     elif not isinstance(spec, Spec):

@@ -33,7 +33,8 @@ import dataclasses
 import io
 import json
 import math
-from dataclasses import dataclass
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,16 @@ import scipy.stats
 
 from diffmem.atomic import write_json, write_text
 from diffmem.errors import InputError, check_number
-from diffmem.studies.specs import mode_settings
+from diffmem.progress import Progress
+from diffmem.studies.folders import claim_folder, spec_difference
+from diffmem.studies.specs import check_cells, mode_settings
+from diffmem.studies.taus import (_curve, first_crossing, fit_proportional, generalization_window,  # noqa: F401
+                                  power_law, tau_gen, tau_mem)
 from diffmem.studies.timescales_figures import curves_figure, point_time, tau_figure
 
 TIME_UNITS = ("images", "steps", "epochs")
 CURVE_FILE, RESULT_FILE, TABLE_CSV, CURVES_CSV = "timescales.json", "results.json", "results.csv", "curves.csv"
+SPEC_FILE = "spec.json"  # the study a folder holds (a folder belongs to one spec)
 
 
 @dataclass(frozen=True)
@@ -80,89 +86,7 @@ class TimescaleSettings:
 
 
 # ---------------------------------------------------------------------------------------------
-# τ from curves: pure functions of (times, values).
-
-
-def _curve(times, values) -> tuple[np.ndarray, np.ndarray]:
-    t, v = np.asarray(times, dtype=float), np.asarray(values, dtype=float)
-    if t.ndim != 1 or t.shape != v.shape or len(t) == 0:
-        raise InputError(f"times and values must be equal-length 1-D, got {t.shape} and {v.shape}", param="times")
-    if not (np.isfinite(t).all() and np.isfinite(v).all()) or (t <= 0).any() or (np.diff(t) <= 0).any():
-        raise InputError("times must be positive and increasing, values finite", param="times")
-    return t, v
-
-
-def first_crossing(times, values, level: float, *, above: bool = True) -> float | None:
-    """The first time the curve passes ``level``: the first point ``i`` with ``v_i > level`` (or
-    ``v_i ≤ level`` when ``above`` is False), interpolated linearly in ``log t`` from point ``i-1``:
-
-        log τ = log t_{i-1} + (level - v_{i-1}) / (v_i - v_{i-1}) · (log t_i - log t_{i-1}).
-
-    ``t_0`` when the first point already passes (an upper bound), None when no point does."""
-    t, v = _curve(times, values)
-    passed = v > level if above else v <= level
-    if not passed.any():
-        return None
-    i = int(np.argmax(passed))
-    if i == 0:
-        return float(t[0])
-    frac = (level - v[i - 1]) / (v[i] - v[i - 1])
-    return float(np.exp(np.log(t[i - 1]) + frac * (np.log(t[i]) - np.log(t[i - 1]))))
-
-
-def tau_mem(times, f_mem, threshold: float = 0.03) -> float | None:
-    """τ_mem: the first time the memorized fraction exceeds ``threshold`` (None: never)."""
-    return first_crossing(times, f_mem, threshold, above=True)
-
-
-def tau_gen(times, fd, tolerance: float = 0.1) -> float | None:
-    """τ_gen: the first time the FD (lower is better) is within ``tolerance`` of its range above its
-    plateau ``FD* = min FD``, i.e. ``FD(t) ≤ FD* + tolerance · (max FD - FD*)``."""
-    _, v = _curve(times, fd)
-    plateau = float(v.min())
-    return first_crossing(times, fd, plateau + tolerance * (float(v.max()) - plateau), above=False)
-
-
-def generalization_window(f_mem, threshold: float) -> int:
-    """How many leading snapshots come before f_mem first exceeds ``threshold`` (all of them if never)."""
-    above = np.asarray(f_mem, dtype=float) > threshold
-    return int(np.argmax(above)) if above.any() else len(above)
-
-
-def fit_proportional(n, tau, confidence: float = 0.95) -> dict:
-    """Least squares through the origin, ``τ = a·n``:
-
-        a = Σ n_i τ_i / Σ n_i²,   s² = Σ (τ_i - a n_i)² / (k - 1),   se(a) = s / √(Σ n_i²),
-        interval = a ± t_{(1+confidence)/2, k-1} · se(a),   R² = 1 - Σ (τ_i - a n_i)² / Σ (τ_i - τ̄)².
-
-    Needs k ≥ 2 points. Returns dict(a, interval, r2, k)."""
-    n, tau = np.asarray(n, dtype=float), np.asarray(tau, dtype=float)
-    k = len(n)
-    if k < 2:
-        raise InputError(f"a fit needs at least 2 sizes with a τ, got {k}", param="sizes")
-    a = float((n * tau).sum() / (n * n).sum())
-    resid = tau - a * n
-    se = math.sqrt(float((resid**2).sum()) / (k - 1) / float((n * n).sum()))
-    half = float(scipy.stats.t.ppf((1 + confidence) / 2, k - 1)) * se
-    total = float(((tau - tau.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / total if total > 0 else float("nan")
-    return dict(a=a, interval=[a - half, a + half], r2=r2, k=k)
-
-
-def power_law(n, tau, confidence: float = 0.95) -> dict:
-    """The exponent β of ``τ ∝ n^β``: the slope of ``log τ`` on ``log n`` (scipy's linregress), its
-    t-interval (k - 2 degrees of freedom; None for k = 2) and the p-value of β = 0."""
-    n, tau = np.asarray(n, dtype=float), np.asarray(tau, dtype=float)
-    if len(n) < 2:
-        raise InputError(f"a fit needs at least 2 sizes with a τ, got {len(n)}", param="sizes")
-    k = len(n)
-    if np.ptp(np.log(tau)) == 0:  # a constant τ: β = 0 exactly (linregress would return NaNs)
-        return dict(beta=0.0, interval=[0.0, 0.0] if k >= 3 else None, p_value=1.0 if k >= 3 else None, k=k)
-    fit = scipy.stats.linregress(np.log(n), np.log(tau))
-    if k < 3:
-        return dict(beta=float(fit.slope), interval=None, p_value=None, k=k)
-    half = float(scipy.stats.t.ppf((1 + confidence) / 2, k - 2)) * float(fit.stderr)
-    return dict(beta=float(fit.slope), interval=[fit.slope - half, fit.slope + half], p_value=float(fit.pvalue), k=k)
+# τ from curves (the pure functions live in diffmem.studies.taus) and the analysis.
 
 
 def analyze(curves: dict, settings: TimescaleSettings) -> dict:
@@ -265,25 +189,43 @@ def measure_snapshot(path, train_set, extractor, heldout_features, settings: Tim
 def measure_run(folder, train_set, heldout, settings: TimescaleSettings, *, source: str | None = None,
                 device: str = "cpu", log=None) -> list[dict]:
     """Every snapshot of the run in ``folder`` measured (:func:`measure_snapshot`), in step order.
-    Measurements are kept in ``folder/timescales.json`` after each snapshot; a re-run with the same
-    measurement settings measures only the snapshots not there yet."""
+    Measurements are kept in ``folder/timescales.json`` after each snapshot, keyed on everything they
+    depend on (:func:`cache_key`); a re-run with the same key measures only the snapshots not there yet."""
     from diffmem.runs import list_snapshots
 
     folder = Path(folder)
     stored = _read_curve(folder / CURVE_FILE)
-    done = {p["epoch"]: p for p in stored["points"]} if stored.get("settings") == settings.measurement() else {}
+    key = cache_key(settings, train_set, heldout, source)
+    done = {p["epoch"]: p for p in stored["points"]} if stored.get("settings") == key else {}
     todo = [(e, p) for e, p in list_snapshots(folder) if e not in done]
     if todo:
+        from diffmem.denoisers.probe import check_shape
+        from diffmem.runs import load_run
+
+        D = load_run(todo[0][1], device=device, param=None).denoiser  # the sets must be the model's images
+        check_shape(D, train_set, "train", "training images")
+        check_shape(D, heldout, "heldout", "held-out images")
         extractor, heldout_features = quality_space(settings.features, heldout, source, device)
+        snapshots = Progress(len(todo), enabled=log is not None, echo=log)
         for epoch, path in todo:
             done[epoch] = measure_snapshot(path, train_set, extractor, heldout_features, settings, device)
-            write_json(folder / CURVE_FILE, dict(settings=settings.measurement(),
+            write_json(folder / CURVE_FILE, dict(settings=key,
                                                  points=sorted(done.values(), key=lambda p: p["step"])))
-            if log is not None:
-                p = done[epoch]
-                log(f"{folder.name} epoch {epoch}: f_mem {p['f_mem']:.3f} [{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}], "
-                    f"FD {p['fd']:.4g}")
+            p = done[epoch]
+            snapshots.done(f"{folder.name} epoch {epoch}: f_mem {p['f_mem']:.3f} [{p['ci95'][0]:.3f}, "
+                           f"{p['ci95'][1]:.3f}], FD {p['fd']:.4g}")
     return sorted(done.values(), key=lambda p: p["step"])
+
+
+def cache_key(settings: TimescaleSettings, train_set, heldout, source) -> dict:
+    """What a snapshot's stored measurement depends on: the measurement settings, the feature
+    source, and the fingerprints of the training and held-out images (so a cache is never answered
+    for other sets)."""
+    from diffmem.config import data_fingerprint
+
+    prints = {name: data_fingerprint(np.asarray(getattr(s, "images", s)), getattr(s, "labels", None))
+              for name, s in (("train_sha256", train_set), ("heldout_sha256", heldout))}
+    return {**settings.measurement(), "source": source, **prints}
 
 
 def _read_curve(path: Path) -> dict:
@@ -313,16 +255,28 @@ def settings_of(spec) -> TimescaleSettings:
     return settings
 
 
-def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout) -> dict:
-    """One n: train (or find, or resume) the run, then measure its snapshots. Runs in a worker."""
+def job_timescales(cell, settings: TimescaleSettings, folder: str, heldout, report: bool = False) -> dict:
+    """One n: train (or find, or resume) the run, then measure its snapshots (with ``report``, a
+    line on stderr as each is measured, with an ETA). Runs in a worker."""
     from diffmem.data.spec import make_dataset
     from diffmem.studies.sweep import train_dataset
 
     dataset = make_dataset(cell.data)
     config = cell.train.replace(batch=min(settings.batch_cap, cell.data.size)) if settings.batch_cap else cell.train
     train_dataset(config, dataset, Path(folder), recipe=cell.data)
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if report else None
     return dict(n=cell.data.size, seed=config.seed,
-                points=measure_run(folder, dataset, heldout, settings, source=cell.data.source))
+                points=measure_run(folder, dataset, heldout, settings, source=cell.data.source, log=log))
+
+
+def _check_features(spec, settings: TimescaleSettings, heldout, source: str) -> None:
+    """The FD's feature space loaded and tried on the held-out images now, not after training."""
+    from diffmem.metrics.features import load_features
+
+    try:
+        load_features(settings.features, reference=heldout, source=source)
+    except InputError as err:
+        raise InputError(f"{spec.path}: [timescales] features: {err.detail}") from None
 
 
 def run_timescales(spec, out=None, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
@@ -336,15 +290,22 @@ def run_timescales(spec, out=None, *, engine="local", workers: int = 1, threads:
     settings = settings_of(spec)
     workers, threads = check_pool(workers, threads)
     out = Path(out if out is not None else spec.name)
-    cells = spec.cells()
+    cells = check_cells(spec)  # every size's data, plan and network, before the first write
     heldout = _heldout(spec, max(cells, key=lambda c: c.data.size).data, settings.heldout)
+    _check_features(spec, settings, heldout, cells[0].data.source)
+    claim_folder(out, SPEC_FILE, lambda stored: spec_difference(stored, spec, cells,
+                                                                {"settings": (TimescaleSettings, settings)}),
+                 legacy={c.name for c in cells} | {RESULT_FILE, TABLE_CSV, CURVES_CSV, "curves.png", "tau_vs_n.png",
+                                                   "collapse.png", "report"})
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(c.name, job_timescales, (c, settings, str(out / c.name), heldout)) for c in cells]
-    curves = {}
-    for key, result in as_engine(engine).run(jobs, workers=workers, threads=threads, out=out, progress=progress):
+    write_json(out / SPEC_FILE, {"spec": spec.path, "name": spec.name, "mode": spec.mode,
+                                 "settings": asdict(settings), "cells": [c.to_dict() for c in cells]})
+    report = progress and log is not None
+    jobs = [(c.name, job_timescales, (c, settings, str(out / c.name), heldout, report)) for c in cells]
+    curves, runs = {}, Progress(len(jobs), enabled=report, echo=log)
+    for key, result in as_engine(engine).run(jobs, workers=workers, threads=threads, out=out):
         curves[(result["n"], result["seed"])] = result["points"]
-        if log is not None:
-            log(f"{key}: {len(result['points'])} snapshots measured")
+        runs.done(f"{key}: {len(result['points'])} snapshots measured")
     result = analyze(curves, settings)
     write_results(out, result, curves, spec)
     return result

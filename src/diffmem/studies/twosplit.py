@@ -46,6 +46,7 @@ from diffmem.config import TrainConfig
 from diffmem.data.imageset import ImageSet, to_uint8
 from diffmem.data.spec import DataSpec, make_dataset
 from diffmem.errors import InputError, check_number
+from diffmem.studies.folders import claim_folder
 from diffmem.rng import PERMUTATION, check_seed, numpy_rng
 from diffmem.studies.specs import mode_settings
 from diffmem.studies.sweep import train_dataset, write_table
@@ -245,16 +246,10 @@ class TwoSplitResult:
     rows: list[dict]  # one per finished n, ascending
 
 
-def _check_out(out: Path, plan: TwoSplitPlan) -> None:
-    """A new or empty folder, or one holding this spec's two-split (the sizes may differ; fields
-    added to the package since, at their defaults, are no difference)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder", param="out")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not (out / SPEC_FILE).exists():
-        raise InputError(f"{out}: a non-empty folder without {SPEC_FILE}; give a new or empty folder", param="out")
-    stored = json.loads((out / SPEC_FILE).read_text())
+def twosplit_difference(stored: dict, plan: TwoSplitPlan) -> str | None:
+    """The first difference between the two-split recorded in ``stored`` (its twosplit.json) and
+    ``plan`` (None: the same; the sizes may differ; fields added to the package since, at their
+    defaults, are no difference)."""
     known = lambda cls, values: {f.name: values[f.name] for f in fields(cls) if f.name in values}  # noqa: E731
     old_settings = TwoSplitSettings(**{**known(TwoSplitSettings, stored["settings"]), "sizes": plan.settings.sizes})
     changed = [f"[train] {k}" for k in plan.train.differences(TrainConfig.from_dict(stored["train"]))]
@@ -262,9 +257,20 @@ def _check_out(out: Path, plan: TwoSplitPlan) -> None:
                 if getattr(DataSpec(**known(DataSpec, stored["data"])), f.name) != getattr(plan.data, f.name)]
     changed += [f"[twosplit] {f.name}" for f in fields(TwoSplitSettings)
                 if getattr(old_settings, f.name) != getattr(plan.settings, f.name)]
-    if changed:
-        raise InputError(f"{out}: holds a two-split run with another {changed[0]}; give a new output folder",
-                         param="out")
+    return f"a two-split run with another {changed[0]}" if changed else None
+
+
+def _check_halves(plan: TwoSplitPlan, pairs: dict) -> None:
+    """Every half's training (plan, network) checked before the first write."""
+    from diffmem.studies.specs import check_training
+
+    for n, both in pairs.items():
+        for side, half in zip("ab", both):
+            try:
+                check_training(half_config(plan, n, side), half)
+            except InputError as err:
+                section = "data" if err.param in {f.name for f in fields(DataSpec)} else "train"
+                raise InputError(f"{plan.path}: [{section}] {err.param}: {err.detail} (at n={n})") from None
 
 
 def run_twosplit(plan: TwoSplitPlan, out, *, engine="local", workers: int = 1, threads: int | None = None, log=None,
@@ -277,13 +283,14 @@ def run_twosplit(plan: TwoSplitPlan, out, *, engine="local", workers: int = 1, t
     settings = plan.settings
     record = dict(spec=plan.path, name=plan.name, data=plan.data.to_dict(), train=plan.train.to_dict(),
                   settings={**asdict(settings), "sizes": list(settings.sizes)})
-    _check_out(out, plan)
+    claim_folder(out, SPEC_FILE, lambda stored: twosplit_difference(stored, plan))
     pool, seq_a, seq_b = make_pool(plan.data, settings.split_seed)
     center = model_space(pool.images).mean(0)  # μ of the centred cosines: the source's mean image (C, H, W)
     try:  # a size too large is refused before any work
         pairs = {n: halves(pool, seq_a, seq_b, n) for n in settings.sizes}
     except InputError as err:
         raise InputError(f"{plan.path}: [twosplit] sizes: {err.detail}") from None
+    _check_halves(plan, pairs)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SPEC_FILE, record)
     jobs = [(f"n={n}/{side}", job_half, (half_config(plan, n, side), half, str(n_folder(out, n) / side),
