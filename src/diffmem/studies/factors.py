@@ -17,14 +17,15 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-SUMMARY_COLUMNS = ("finding", "setting", "measure", "value", "lo", "hi", "seeds", "seed_min", "seed_max")
+def _sweeps(folder: Path) -> list[Path]:
+    """The sweep folders directly inside ``folder``: the base's first, then in name order."""
+    return sorted((p for p in Path(folder).iterdir() if p.is_dir() and (p / "sweep.json").exists()),
+                  key=lambda p: (p.name != "base", p.name))
 
 
 def is_factor_study(folder: Path) -> bool:
     """A folder of sweep folders (and no sweep of its own)."""
-    folder = Path(folder)
-    return not (folder / "sweep.json").exists() and any(p.is_dir() and (p / "sweep.json").exists()
-                                                        for p in folder.iterdir())
+    return not (Path(folder) / "sweep.json").exists() and bool(_sweeps(folder))
 
 
 def _setting(row: dict, knobs: list[str]) -> str:
@@ -55,9 +56,7 @@ def finding_rows(folder: Path) -> list[dict]:
 
 def study_rows(folder: Path) -> list[dict]:
     """Every finding's rows, the base's first, then the sweeps in name order."""
-    sweeps = sorted((p for p in Path(folder).iterdir() if p.is_dir() and (p / "sweep.json").exists()),
-                    key=lambda p: (p.name != "base", p.name))
-    return [row for sweep in sweeps for row in finding_rows(sweep)]
+    return [row for sweep in _sweeps(folder) for row in finding_rows(sweep)]
 
 
 def summary_figure(rows: list[dict]) -> Figure:
